@@ -1,0 +1,53 @@
+"""What a dataset reader yields and the processor consumes: one example before tokenisation.
+
+Images are either decoded PIL images or already preprocessed pixel tensors (3, H, W) — workers
+preprocess, so the processor accepts both. ``key`` identifies the example in error messages and
+skip counters ("shard 00012.tar key 000123456", "llava entry 4711").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from PIL import Image
+
+ImageLike = Union[Image.Image, "torch.Tensor"]  # noqa: F821 - torch only at runtime
+
+
+@dataclass
+class CaptionSample:
+    """Image-to-text pair (LAION / COCO captions). With ``task="t2i"`` the caption is the prompt and
+    the image is the target (spec §6.4)."""
+
+    image: ImageLike
+    caption: str
+    key: str = ""
+    task: Literal["i2t", "t2i"] = "i2t"
+
+
+@dataclass
+class Turn:
+    role: Literal["user", "assistant"]
+    text: str
+
+
+@dataclass
+class ConversationSample:
+    """LLaVA-style multi-turn conversation. ``<image>`` tags in user turns mark where the images go,
+    in order; an entry without images is a text-only conversation."""
+
+    turns: list[Turn]
+    images: list[ImageLike] = field(default_factory=list)
+    key: str = ""
+
+
+@dataclass
+class VQASample:
+    """One visual question; ``answers`` are the human answers (10 for VQAv2), empty at test time."""
+
+    image: ImageLike
+    question: str
+    question_id: int | str
+    answers: list[str] = field(default_factory=list)
+    key: str = ""
