@@ -18,12 +18,17 @@ ImageLike = Union[Image.Image, "torch.Tensor"]  # noqa: F821 - torch only at run
 @dataclass
 class CaptionSample:
     """Image-to-text pair (LAION / COCO captions). With ``task="t2i"`` the caption is the prompt and
-    the image is the target (spec §6.4)."""
+    the image is the target (spec §6.4); a t2i generation prompt has ``image=None``."""
 
-    image: ImageLike
+    image: ImageLike | None
     caption: str
     key: str = ""
     task: Literal["i2t", "t2i"] = "i2t"
+    # The official contiguous_ignore_sign: hide the image's CLIP features from the model (zeroed
+    # signal). The t2i readers set it with probability 1 - continuous_prob_t2i; i2t keeps it False.
+    hide_image_features: bool = False
+    # Optional instruction between image and caption ("Describe the image."): not a target.
+    instruction: str = ""
 
 
 @dataclass
@@ -39,6 +44,14 @@ class ConversationSample:
 
     turns: list[Turn]
     images: list[ImageLike] = field(default_factory=list)
+    key: str = ""
+
+
+@dataclass
+class TextSample:
+    """Plain text (language-model data): every token after BOS is a target."""
+
+    text: str
     key: str = ""
 
 

@@ -1,0 +1,117 @@
+"""From reader items to training batches, and the record of how far the readers got.
+
+``ReaderCollator`` is the DataLoader ``collate_fn``: it unwraps stream positions, drops skip
+markers (counting them), and hands the good samples to the processor's text side (the tokenizer's
+``LibraCollator``), all inside the worker. Each ``DataBatch`` carries its own bookkeeping, so the
+main process learns what the workers skipped and where every worker's stream stands.
+
+``ReaderState`` lives in the main process next to the training state: ``update(batch)`` after
+each consumed batch, ``state_dict()`` into the checkpoint, and on resume the reader (``LaionShards``)
+or sampler (``ResumableSampler``) takes it back with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .laion import StreamItem
+from .skips import SkipCounter, Skipped, skip
+
+
+@dataclass
+class DataBatch:
+    """One batch: ``inputs`` is what the processor made of the good samples (a ``TextBatch``), or
+    the samples themselves without a processor, or None when every item was skipped — the trainer
+    must still take a step then (a zero-loss one), so that all ranks stay in step."""
+
+    inputs: Any
+    num_samples: int
+    drawn: int  # items the batch used up from its reader, skipped ones included
+    skipped: dict[str, int] = field(default_factory=dict)
+    positions: list[tuple[int, int, int]] = field(default_factory=list)  # (slot, epoch, index) per item
+
+
+class ReaderCollator:
+    """``collate_fn`` around the processor's text side; picklable, so it runs in the workers."""
+
+    def __init__(self, processor: Callable[[list], Any] | None = None):
+        self.processor = processor
+
+    def __call__(self, items: Sequence[Any]) -> DataBatch:
+        positions, skipped, samples = [], SkipCounter(), []
+        for item in items:
+            if isinstance(item, StreamItem):
+                positions.append((item.slot, item.epoch, item.index))
+                item = item.item
+            if isinstance(item, Skipped):
+                skipped.add(item)
+            else:
+                samples.append(item)
+        inputs = samples or None
+        if samples and self.processor is not None:
+            try:
+                inputs = self.processor(samples)
+            except ValueError:
+                # only now is each sample tried alone: the bad one is dropped and named
+                # instead of losing the batch (or the run)
+                samples = self._accepted(samples, skipped)
+                inputs = self.processor(samples) if samples else None
+        return DataBatch(inputs, len(samples), len(items), dict(skipped), positions)
+
+    def _accepted(self, samples: list, skipped: SkipCounter) -> list:
+        kept = []
+        for sample in samples:
+            try:
+                self.processor([sample])
+                kept.append(sample)
+            except ValueError as error:
+                skipped.add(skip("rejected_sample", f"sample {getattr(sample, 'key', '?')}", str(error)))
+        return kept
+
+
+class ReaderState:
+    """Where the readers stand, as seen from the batches the trainer actually consumed.
+
+    ``drawn_per_slot``: items each stream slot (rank x worker) handed out this epoch, for
+    ``LaionShards``; ``drawn``: items this rank used this epoch, for ``ResumableSampler``;
+    ``skipped``: counts per reason since the start of training, for logging.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.drawn = 0
+        self.drawn_per_slot: dict[int, int] = {}
+        self.skipped = SkipCounter()
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.drawn, self.drawn_per_slot = epoch, 0, {}
+
+    def update(self, batch: DataBatch) -> None:
+        self.drawn += batch.drawn
+        self.skipped.update(batch.skipped)
+        for slot, epoch, index in batch.positions:
+            if epoch != self.epoch:
+                raise ValueError(
+                    f"batch from epoch {epoch} while the reader state is at epoch {self.epoch}: call "
+                    "start_epoch(epoch) and dataset.set_epoch(epoch) together before each epoch"
+                )
+            self.drawn_per_slot[slot] = max(self.drawn_per_slot.get(slot, 0), index + 1)
+
+    def metrics(self) -> dict[str, int]:
+        """Skip counts under fixed names (``data/skipped/<reason>``) for the metric logger."""
+        return self.skipped.as_metrics()
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "drawn": self.drawn,
+            "drawn_per_slot": dict(self.drawn_per_slot),
+            "skipped": dict(self.skipped),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.drawn = int(state["epoch"]), int(state["drawn"])
+        self.drawn_per_slot = {int(slot): int(n) for slot, n in state["drawn_per_slot"].items()}
+        self.skipped = SkipCounter(state["skipped"])

@@ -1,0 +1,65 @@
+"""Decoding images for the readers: bytes or files to fully loaded RGB PIL images, the shape test
+of the reference LAION/COCO readers (spec §6.1), and the worker-side preprocessing call.
+
+Decoding is forced here (``load()``), so a truncated or corrupt file fails inside the reader,
+where it is skipped and counted, not later inside the collator or the model.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .skips import skip
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def shape_acceptable(width: int, height: int, ratio_threshold: float | None, min_size: int = 0) -> bool:
+    """Whether an image's aspect ratio lies strictly inside (1/t, t); raises for unusable sizes.
+
+    The reference raises for a zero side or a longest side under ``min_size``; a shape outside
+    the ratio band is not dropped there, it only forces image-to-text with padding.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has a zero side: {width}x{height}")
+    if max(width, height) < min_size:
+        raise ValueError(f"image {width}x{height} is smaller than min_image_size={min_size}")
+    if ratio_threshold is None:
+        return True
+    low, high = sorted((ratio_threshold, 1 / ratio_threshold))
+    return low < width / height < high
+
+
+def decode_image_bytes(data: bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode encoded image bytes to RGB. Raises OSError/ValueError on corrupt data.
+
+    ``draft_size`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding (the result stays
+    at least that large on both sides), which is much cheaper than decoding full size and
+    resizing afterwards; preprocessing resizes to the exact size anyway.
+    """
+    image = Image.open(io.BytesIO(data))
+    if draft_size is not None and image.format == "JPEG":
+        image.draft("RGB", (draft_size, draft_size))
+    image.load()
+    return image.convert("RGB")
+
+
+def open_image_file(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Open an image file as RGB; FileNotFoundError when it is missing, OSError when corrupt."""
+    return decode_image_bytes(Path(path).read_bytes(), draft_size)
+
+
+def preprocess(transform: Callable[[Image.Image], Any] | None, image: Image.Image, where: str) -> Any:
+    """Run the worker-side image transform (e.g. the tokenizer's ``ImagePreprocessor``); an image it
+    refuses (ValueError: extreme aspect ratio, empty) becomes a counted skip, not a crash."""
+    if transform is None:
+        return image
+    try:
+        return transform(image)
+    except ValueError as error:
+        return skip("rejected_image", where, str(error))

@@ -1,0 +1,698 @@
+"""The Libra network, top to bottom (paper §3: routed visual expert + cross-modal bridge; spec §2-3).
+
+Every position is a text token or an image token, decided by `vision_indices` (< max_vision_token_length
+marks an image slot). Text tokens run through the LLaMA-2 weights, image tokens through the parallel
+low-rank "vision_*" weights, and both share one causal attention in which a rank-`bridge_rank` correction
+is added to keys and values only for cross-modal (query, key) pairs.
+
+How the routing is done: at the start of a forward the flattened (B*N) positions are sorted once into
+[text rows ; image rows] (`Routing`). Every position-wise module (norms, projections, MLP, heads) then
+works on two contiguous slices of that sorted tensor, and only the attention goes back to sequence order
+(one gather in, one gather out per layer). No layer indexes with a boolean mask, so there is no
+device-to-host sync inside the layers; the routing itself costs one sync per forward.
+
+Attention: the two key/value sets of the bridge (spec §3.5) are attended with two fused
+`scaled_dot_product_attention` calls, one per set, and each query row keeps the output of its own
+modality's set. No N x N score matrix is built.
+
+Parameter names equal the official checkpoint's (spec §2.2), so official folders load with
+`from_pretrained` unchanged; its constant buffers (§2.3) are ignored on load and computed on the fly.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .cache import LibraCache
+from .config import LibraConfig
+from .loss import libra_loss
+
+
+class LibraRMSNorm(nn.Module):
+    """RMSNorm with the reference's order of operations: normalise and scale in fp32, then cast back."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (self.weight * x32).to(x.dtype)
+
+
+class LibraLinear(nn.Module):
+    """Bias-free factorised linear y = B(A x) (spec §2.1), kept as two matmuls to match the checkpoint.
+
+    rank=None: rank = out_features // down_ratio (vision expert); rank=r: the bridge projections.
+    """
+
+    def __init__(self, in_features: int, out_features: int, down_ratio: int = 4, rank: int | None = None):
+        super().__init__()
+        self.is_bridge = rank is not None
+        rank = rank if rank is not None else out_features // down_ratio
+        self.weight_A = nn.Parameter(torch.empty(rank, in_features))
+        self.weight_B = nn.Parameter(torch.empty(out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.linear(x, self.weight_A), self.weight_B)
+
+
+@dataclass
+class Routing:
+    """Which flattened positions are text and which are image tokens, computed once per forward.
+
+    `perm` lists the flat (b * N + n) positions sorted as [text ; image]; `inverse` maps a flat position
+    to its row in that sorted order. `n_text` is a Python int, so slices cost nothing.
+    """
+
+    perm: torch.Tensor  # (B*N,) long
+    inverse: torch.Tensor  # (B*N,) long
+    n_text: int
+    vision_mask: torch.Tensor  # (B, N) bool
+
+    @classmethod
+    def from_vision_mask(cls, vision_mask: torch.Tensor, n_vision: int | None = None) -> "Routing":
+        """`n_vision` (number of image slots) may be given when the caller already read it from the device."""
+        flat = vision_mask.reshape(-1)
+        # a stable sort keeps sequence order inside each modality
+        perm = torch.sort(flat.to(torch.int8), stable=True).indices
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(perm.numel(), device=perm.device)
+        n_vision = int(flat.sum().item()) if n_vision is None else n_vision
+        return cls(perm=perm, inverse=inverse, n_text=flat.numel() - n_vision, vision_mask=vision_mask)
+
+    def to_sorted(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, ...) in sequence order -> (B*N, ...) sorted [text ; image]."""
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.perm)
+
+    def to_sequence(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B*N, ...) sorted [text ; image] -> (B, N, ...) in sequence order."""
+        return x.index_select(0, self.inverse).view(batch, -1, *x.shape[1:])
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[: self.n_text], x[self.n_text :]
+
+
+def routed(x: torch.Tensor, routing: Routing, text_fn: nn.Module, vision_fn: nn.Module) -> torch.Tensor:
+    """Apply text_fn to the text rows and vision_fn to the image rows of a sorted (B*N, ...) tensor."""
+    x_text, x_vision = routing.split(x)
+    return torch.cat([text_fn(x_text), vision_fn(x_vision)], dim=0)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """cos/sin tables (B, 1, N, D) for 1-D RoPE with base 10000, computed in fp32 (HF-LLaMA rotate-half)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    freqs = position_ids.float()[..., None] * inv_freq  # (B, N, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, N, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class LibraAttention(nn.Module):
+    """Causal self-attention with routed q/k/v/o and the cross-modal bridge on keys and values (spec §3.5)."""
+
+    def __init__(self, config: LibraConfig, layer_idx: int):
+        super().__init__()
+        C, r = config.hidden_size, config.vision_down_ratio
+        self.layer_idx = layer_idx
+        self.n_head = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.use_bridge = config.use_bridge
+        self.attn_pdrop = config.attn_pdrop
+        self.q_proj = nn.Linear(C, C, bias=False)
+        self.k_proj = nn.Linear(C, C, bias=False)
+        self.v_proj = nn.Linear(C, C, bias=False)
+        self.o_proj = nn.Linear(C, C, bias=False)
+        self.vision_q_proj = LibraLinear(C, C, r)
+        self.vision_k_proj = LibraLinear(C, C, r)
+        self.vision_v_proj = LibraLinear(C, C, r)
+        self.vision_o_proj = LibraLinear(C, C, r)
+        if config.use_bridge:
+            # "_on_language" acts on text keys/values and is seen only by image queries, and vice versa
+            self.vision_k_bridge_on_language = LibraLinear(C, C, rank=config.bridge_rank)
+            self.vision_k_bridge_on_vision = LibraLinear(C, C, rank=config.bridge_rank)
+            self.vision_v_bridge_on_language = LibraLinear(C, C, rank=config.bridge_rank)
+            self.vision_v_bridge_on_vision = LibraLinear(C, C, rank=config.bridge_rank)
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        routing: Routing,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        attn: "AttentionLayout",
+        cache: LibraCache | None,
+    ) -> torch.Tensor:
+        """h: normed input, sorted (B*N, C). Returns the routed o_proj output, sorted (B*N, C)."""
+        B, N = routing.vision_mask.shape
+        H, D = self.n_head, self.head_dim
+        h_text, h_vision = routing.split(h)
+        q = torch.cat([self.q_proj(h_text), self.vision_q_proj(h_vision)])
+        k_text, k_vision = self.k_proj(h_text), self.vision_k_proj(h_vision)
+        v_text, v_vision = self.v_proj(h_text), self.vision_v_proj(h_vision)
+        if self.use_bridge:
+            # key/value set seen by image queries: text keys carry their bridge term
+            k_for_vision = torch.cat([k_text + self.vision_k_bridge_on_language(h_text), k_vision])
+            v_for_vision = torch.cat([v_text + self.vision_v_bridge_on_language(h_text), v_vision])
+            # key/value set seen by text queries: image keys carry their bridge term
+            k_for_text = torch.cat([k_text, k_vision + self.vision_k_bridge_on_vision(h_vision)])
+            v_for_text = torch.cat([v_text, v_vision + self.vision_v_bridge_on_vision(h_vision)])
+            qkv = torch.stack([q, k_for_vision, k_for_text, v_for_vision, v_for_text], dim=1)  # (B*N, 5, C)
+        else:
+            k, v = torch.cat([k_text, k_vision]), torch.cat([v_text, v_vision])
+            qkv = torch.stack([q, k, k, v, v], dim=1)  # one key/value set serves both modalities
+        qkv = routing.to_sequence(qkv, B).view(B, N, 5, H, D).permute(2, 0, 3, 1, 4)  # (5, B, H, N, D)
+        q, k_v, k_t, v_v, v_t = qkv.unbind(0)
+        cos, sin = rope
+        q, k_v, k_t = apply_rope(q, cos, sin), apply_rope(k_v, cos, sin), apply_rope(k_t, cos, sin)
+        if cache is not None:
+            k_v, k_t, v_v, v_t = cache.update(self.layer_idx, k_v, k_t, v_v, v_t)  # (B, H, P+N, D) each
+
+        dropout = self.attn_pdrop if self.training else 0.0
+        out_t = F.scaled_dot_product_attention(
+            q, k_t, v_t, attn_mask=attn.mask, is_causal=attn.is_causal, dropout_p=dropout
+        )  # (B, H, N, D)
+        out_t = out_t.transpose(1, 2).reshape(B * N, H * D)
+        out_text = out_t.index_select(0, routing.perm[: routing.n_text])
+        if not self.use_bridge:  # a single key/value set: the text pass already serves image queries
+            out_vision = out_t.index_select(0, routing.perm[routing.n_text :])
+        elif routing.n_text < B * N:
+            out_v = F.scaled_dot_product_attention(
+                q, k_v, v_v, attn_mask=attn.mask, is_causal=attn.is_causal, dropout_p=dropout
+            )
+            out_v = out_v.transpose(1, 2).reshape(B * N, H * D)
+            out_vision = out_v.index_select(0, routing.perm[routing.n_text :])
+        else:
+            out_vision = out_t.new_zeros(0, H * D)
+        return torch.cat([self.o_proj(out_text), self.vision_o_proj(out_vision)])
+
+
+@dataclass
+class AttentionLayout:
+    """What SDPA needs to mask, built once per forward: either is_causal or a boolean (B, 1, N, P+N) mask."""
+
+    mask: torch.Tensor | None
+    is_causal: bool
+
+    @classmethod
+    def build(cls, attention_mask: torch.Tensor | None, n_new: int, n_past: int, left_padded: bool):
+        if n_past == 0 and not left_padded:
+            # right padding only: real queries never see a padded key under the causal mask, and padded
+            # query rows are never read (labels are -100 there), so no explicit mask is needed
+            return cls(mask=None, is_causal=n_new > 1)
+        total = n_past + n_new
+        device = attention_mask.device
+        q_pos = torch.arange(n_past, total, device=device)[:, None]
+        k_pos = torch.arange(total, device=device)[None, :]
+        allowed = (k_pos <= q_pos)[None] & attention_mask[:, None, :].bool()  # (B, N, P+N)
+        # a padded query would otherwise see no key at all; letting it see itself avoids NaN rows
+        allowed = allowed | (k_pos == q_pos)[None]
+        return cls(mask=allowed[:, None], is_causal=False)
+
+
+class LibraMLP(nn.Module):
+    """SwiGLU MLP: dense for text rows, low-rank (LibraLinear) for image rows (spec §3.6)."""
+
+    def __init__(self, config: LibraConfig):
+        super().__init__()
+        C, inner, r = config.hidden_size, config.intermediate_size, config.vision_down_ratio
+        self.gate_proj = nn.Linear(C, inner, bias=False)
+        self.up_proj = nn.Linear(C, inner, bias=False)
+        self.down_proj = nn.Linear(inner, C, bias=False)
+        self.vision_gate_proj = LibraLinear(C, inner, r)
+        self.vision_up_proj = LibraLinear(C, inner, r)
+        self.vision_down_proj = LibraLinear(inner, C, r)
+
+    def forward(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
+        h_text, h_vision = routing.split(h)
+        out_text = self.down_proj(F.silu(self.gate_proj(h_text)) * self.up_proj(h_text))
+        out_vision = self.vision_down_proj(
+            F.silu(self.vision_gate_proj(h_vision)) * self.vision_up_proj(h_vision)
+        )
+        return torch.cat([out_text, out_vision])
+
+
+class LibraDecoderLayer(nn.Module):
+    """Pre-norm LLaMA block whose norms, projections and MLP are routed by modality (spec §3.4)."""
+
+    def __init__(self, config: LibraConfig, layer_idx: int):
+        super().__init__()
+        C, eps = config.hidden_size, config.rms_norm_eps
+        self.input_layernorm = LibraRMSNorm(C, eps)
+        self.post_attention_layernorm = LibraRMSNorm(C, eps)
+        self.vision_input_layernorm = LibraRMSNorm(C, eps)
+        self.vision_post_attention_layernorm = LibraRMSNorm(C, eps)
+        self.self_attn = LibraAttention(config, layer_idx)
+        self.mlp = LibraMLP(config)
+        self.resid_drop = nn.Dropout(config.resid_pdrop)
+        self.vision_resid_drop = nn.Dropout(config.vision_resid_pdrop)
+
+    def resid_dropout(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        if self.resid_drop.p == self.vision_resid_drop.p:  # same rate: no need to split (no copy)
+            return self.resid_drop(x)
+        return routed(x, routing, self.resid_drop, self.vision_resid_drop)
+
+    def forward(self, x, routing, rope, attn, cache=None):
+        """x: residual stream sorted (B*N, C) -> same shape."""
+        h = routed(x, routing, self.input_layernorm, self.vision_input_layernorm)
+        x = x + self.resid_dropout(self.self_attn(h, routing, rope, attn, cache), routing)
+        h = routed(x, routing, self.post_attention_layernorm, self.vision_post_attention_layernorm)
+        return x + self.resid_dropout(self.mlp(h, routing), routing)
+
+
+class LibraPreTrainedModel(PreTrainedModel):
+    config_class = LibraConfig
+    config: LibraConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LibraDecoderLayer"]
+    _supports_sdpa = True
+    # constant buffers of the official checkpoint (spec §2.3): accepted when present, recomputed here
+    _keys_to_ignore_on_load_unexpected = [
+        r"rotary_emb\.inv_freq",
+        r"^naive_placeholder$",
+        r"^vision_logits_placeholder$",
+        r"^language_logits_placeholder$",
+        r"^eoi_to_newline_logits_placeholder$",
+        r"pos_offset$",
+    ]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """HF-style init of the official code: N(0, std) everywhere, bridges' weight_B zero, norms one."""
+        std = self.config.initializer_range
+        if isinstance(module, LibraLinear):
+            init.normal_(module.weight_A, mean=0.0, std=std)
+            # the bridges start at exactly zero so a fresh Libra equals the LLaMA it was built from
+            if module.is_bridge:
+                init.zeros_(module.weight_B)
+            else:
+                init.normal_(module.weight_B, mean=0.0, std=std)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, LibraRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, LibraForCausalLM):
+            init.normal_(module.vision_hidden_placeholder, mean=0.0, std=std)
+
+
+@dataclass
+class LibraModelOutput:
+    """Final hidden states in sorted [text ; image] layout plus what the heads and generation need."""
+
+    last_hidden_state: torch.Tensor | None = None  # (B*N, C), sorted, after the routed final norm
+    routing: Routing | None = None
+    cache: LibraCache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # each (B, N, C), sequence order
+
+
+class LibraModel(LibraPreTrainedModel):
+    """Embeddings + decoder stack + routed final norm (spec §3.2-3.4)."""
+
+    def __init__(self, config: LibraConfig):
+        super().__init__(config)
+        C, S, K = config.hidden_size, config.contiguous_signal_size, config.vision_codebook_num
+        self.embed_tokens = nn.Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
+        self.vision_embed_tokens = nn.ModuleList(
+            [nn.Embedding(config.vision_vocab_size, C // K) for _ in range(K)]
+        )
+        if config.concat_signals:
+            if config.norm_signals:
+                self.vision_signal_norm = LibraRMSNorm(C + S, config.rms_norm_eps)
+            self.vision_contiguous_signal_processor = nn.Linear(C + S, C, bias=False)
+        else:
+            self.vision_contiguous_signal_processor = nn.Linear(S, C, bias=False)
+        if config.use_vision_position_embedding:
+            self.vision_position_embedding = nn.Embedding(config.max_vision_token_length, C)
+        self.embed_drop = nn.Dropout(config.embd_pdrop)
+        self.vision_embed_drop = nn.Dropout(config.vision_embd_pdrop)
+        self.layers = nn.ModuleList([LibraDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = LibraRMSNorm(C, config.rms_norm_eps)
+        self.vision_norm = LibraRMSNorm(C, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        vision_indices: torch.Tensor,
+        contiguous_signal: torch.Tensor | None,
+        routing: Routing,
+    ) -> torch.Tensor:
+        """Input embeddings, sorted (B*N, C): text rows from embed_tokens, image rows from spec §3.2."""
+        cfg = self.config
+        K = cfg.vision_codebook_num
+        ids = input_ids.reshape(K, -1).index_select(1, routing.perm)  # (K, B*N) sorted
+        text_ids, vision_ids = ids[0, : routing.n_text], ids[:, routing.n_text :] - cfg.vocab_size
+        e_text = self.embed_drop(self.embed_tokens(text_ids))
+        # codebook k fills feature block k: [emb_0(code_0) ; emb_1(code_1)]
+        e_vision = torch.cat([self.vision_embed_tokens[k](vision_ids[k]) for k in range(K)], dim=-1)
+        vision_rows = routing.perm[routing.n_text :]
+        if cfg.use_vision_position_embedding:
+            e_vision = e_vision + self.vision_position_embedding(vision_indices.reshape(-1)[vision_rows])
+        if contiguous_signal is None:
+            signal = e_vision.new_zeros(e_vision.shape[0], cfg.contiguous_signal_size)
+        else:
+            signal = contiguous_signal.reshape(-1, contiguous_signal.shape[-1])[vision_rows].to(
+                e_vision.dtype
+            )
+        if cfg.concat_signals:
+            x = torch.cat([e_vision, signal], dim=-1)  # (n_V, C + S): discrete part first, CLIP part second
+            if cfg.norm_signals:
+                x = self.vision_signal_norm(x)
+            e_vision = self.vision_contiguous_signal_processor(x)
+        else:
+            e_vision = e_vision + self.vision_contiguous_signal_processor(signal)
+        return torch.cat([e_text, self.vision_embed_drop(e_vision)])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        vision_indices: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        contiguous_signal: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: LibraCache | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+    ) -> LibraModelOutput:
+        cfg = self.config
+        check_inputs(cfg, input_ids, vision_indices, attention_mask, contiguous_signal)
+        K, B, N = input_ids.shape
+        vision_mask = vision_indices < cfg.max_vision_token_length  # (B, N)
+        # the one device-to-host read of the forward: routing size, input checks and padding side together
+        n_vision, left_padded = read_batch_facts(cfg, input_ids, vision_mask, attention_mask)
+        routing = Routing.from_vision_mask(vision_mask, n_vision)
+
+        if use_cache and past_key_values is None:
+            past_key_values = LibraCache(cfg.num_hidden_layers)
+        cache = past_key_values if use_cache else None
+        n_past = cache.get_seq_length() if cache is not None else 0
+        if attention_mask is not None and attention_mask.shape[1] != n_past + N:
+            raise ValueError(
+                f"attention_mask has {attention_mask.shape[1]} columns; with {n_past} cached positions and "
+                f"{N} new ones it must have {n_past + N} (mask over cached + new tokens)."
+            )
+        if position_ids is None:
+            position_ids = torch.arange(n_past, n_past + N, device=input_ids.device).expand(B, N)
+        attn = AttentionLayout.build(attention_mask, N, n_past, left_padded)
+
+        x = self.embed(input_ids, vision_indices, contiguous_signal, routing)  # (B*N, C) sorted
+        rope = rope_cos_sin(position_ids, cfg.head_dim, x.dtype)
+        hidden_states = [routing.to_sequence(x, B)] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(layer.__call__, x, routing, rope, attn, None)
+            else:
+                x = layer(x, routing, rope, attn, cache)
+            if output_hidden_states and i < len(self.layers) - 1:
+                hidden_states.append(routing.to_sequence(x, B))
+        x = routed(x, routing, self.norm, self.vision_norm)
+        if output_hidden_states:
+            # as in the reference: the last entry is after the final norms, the raw last output is not kept
+            hidden_states.append(routing.to_sequence(x, B))
+        if cache is not None:
+            cache.advance(N)
+        return LibraModelOutput(
+            last_hidden_state=x,
+            routing=routing,
+            cache=cache,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+        )
+
+
+def check_inputs(cfg, input_ids, vision_indices, attention_mask, contiguous_signal) -> None:
+    """Shape checks of the official call form; errors name the argument and the expected shape."""
+    K = cfg.vision_codebook_num
+    if input_ids.dim() != 3 or input_ids.shape[0] != K:
+        raise ValueError(
+            f"input_ids must be (K={K}, B, N) (one row of ids per codebook), got {tuple(input_ids.shape)}."
+        )
+    B, N = input_ids.shape[1:]
+    if vision_indices is None:
+        raise ValueError(
+            "vision_indices (B, N) is required: it marks image slots (< max_vision_token_length)."
+        )
+    if tuple(vision_indices.shape) != (B, N):
+        raise ValueError(f"vision_indices must be (B, N) = {(B, N)}, got {tuple(vision_indices.shape)}.")
+    if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != B):
+        raise ValueError(f"attention_mask must be (B={B}, past + N), got {tuple(attention_mask.shape)}.")
+    expected = (B, N, cfg.contiguous_signal_size)
+    if contiguous_signal is not None and tuple(contiguous_signal.shape) != expected:
+        raise ValueError(
+            f"contiguous_signal must be (B, N, contiguous_signal_size) = {expected}, "
+            f"got {tuple(contiguous_signal.shape)}."
+        )
+
+
+def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, bool]:
+    """(number of image slots, whether any row is left-padded), read in one sync; also checks that every
+    image slot holds a vision id (>= vocab_size) and every text slot a text id."""
+    V, VV, M = cfg.vocab_size, cfg.vision_vocab_size, cfg.max_vision_token_length
+    text_ids = input_ids[0]
+    bad_text = (~vision_mask & ((text_ids < 0) | (text_ids >= V))).sum()
+    bad_vision = (vision_mask & ((input_ids < V) | (input_ids >= V + VV))).sum()
+    left_padded = torch.zeros((), dtype=torch.long, device=input_ids.device)
+    if attention_mask is not None and attention_mask.shape[1] == vision_mask.shape[1]:
+        left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).sum()
+    n_vision, bad_text, bad_vision, left_padded = torch.stack(
+        [vision_mask.sum(), bad_text, bad_vision, left_padded]
+    ).tolist()
+    if bad_text:
+        raise ValueError(
+            f"input_ids: {bad_text} text slots (vision_indices == {M}) hold ids outside [0, {V}); "
+            "image ids belong in slots that vision_indices marks as image."
+        )
+    if bad_vision:
+        raise ValueError(
+            f"input_ids: {bad_vision} entries at image slots (vision_indices < {M}) are not vision ids in "
+            f"[{V}, {V + VV}); check that vision_indices and input_ids describe the same images."
+        )
+    return n_vision, left_padded > 0
+
+
+class LibraVisionHead(nn.Module):
+    """One classifier per codebook over vision_vocab_size classes (input 2C in '2d' mode)."""
+
+    def __init__(self, config: LibraConfig):
+        super().__init__()
+        width = config.hidden_size * (2 if config.vision_prediction_mode == "2d" else 1)
+        self.heads = nn.ModuleList(
+            [
+                nn.Linear(width, config.vision_vocab_size, bias=False)
+                for _ in range(config.vision_codebook_num)
+            ]
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(n, width) -> (K, n, vision_vocab_size)."""
+        return torch.stack([head(h) for head in self.heads])
+
+
+@dataclass
+class LibraCausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    loss_text: torch.Tensor | None = None  # mean text cross-entropy over text targets
+    loss_image: torch.Tensor | None = None  # mean over codebooks of the vision cross-entropy on image targets
+    logits: torch.Tensor | None = (
+        None  # (K, B, N, vocab_size + vision_vocab_size), -inf in the other modality
+    )
+    cache: LibraCache | None = None  # transformers 5 names the KV cache `cache` (was past_key_values)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class LibraForCausalLM(LibraPreTrainedModel):
+    """LibraModel + the text head `lm_head` and the per-codebook `vision_lm_head` (spec §3.9-3.10)."""
+
+    _tied_weights_keys = {}
+
+    def __init__(self, config: LibraConfig):
+        super().__init__(config)
+        self.model = LibraModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.vision_lm_head = LibraVisionHead(config)
+        # stands in for a missing neighbour in the '2d' head; present (unused) in every official checkpoint
+        self.vision_hidden_placeholder = nn.Parameter(torch.empty(config.hidden_size))
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    # ------------------------------------------------------------------ heads
+    def vision_head_input(
+        self,
+        h: torch.Tensor,
+        flat_pos: torch.Tensor,
+        vision_indices: torch.Tensor,
+        history: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Input of the vision head for rows h (n, C) at flat positions b * N + n: (n, C), or (n, 2C) in '2d'.
+
+        2d (spec §3.9): the row at image slot i predicts code i (grid cell r, c = divmod(i, R)) from
+        [state of the cell above ; state of the cell to the left]. The cell to the left is the row's own
+        state (slot i holds code i - 1), or boi's own state for i = 0; the cell above sits R - 1 slots back.
+        Missing neighbours (first row, first column) are the learned placeholder. The last code slot and
+        eoi use [own state ; placeholder]. `history` is the (B, P+N, C) final states of all positions in
+        sequence order (cached + new) so that the cell above can lie in the KV-cached past.
+        """
+        if self.config.vision_prediction_mode == "1d":
+            return h
+        R = self.config.image_feature_resolution
+        B, N = vision_indices.shape
+        b, n = flat_pos // N, flat_pos % N
+        slot = vision_indices.reshape(-1)[flat_pos]
+        placeholder = self.vision_hidden_placeholder.to(h.dtype).expand_as(h)
+        n_past = history.shape[1] - N
+        above = history[b, (n_past + n - (R - 1)).clamp(min=0)]
+        in_grid = slot < R * R
+        has_above = in_grid & (slot >= R)
+        has_left = in_grid & ((slot % R != 0) | (slot == 0))
+        first = torch.where(has_above[:, None], above, placeholder)
+        second = torch.where(has_left[:, None], h, placeholder)
+        first = torch.where(in_grid[:, None], first, h)  # last code slot and eoi: [own ; placeholder]
+        return torch.cat([first, second], dim=-1)
+
+    def joint_logits(self, text_logits, vision_logits, routing: Routing) -> torch.Tensor:
+        """Scatter head outputs into the official (K, B, N, V + VV) layout with -inf in the other modality."""
+        K = self.config.vision_codebook_num
+        B, N = routing.vision_mask.shape
+        V, VV = self.config.vocab_size, self.config.vision_vocab_size
+        logits = text_logits.new_full((K, B * N, V + VV), float("-inf"))
+        logits[:, routing.perm[: routing.n_text], :V] = text_logits
+        logits[:, routing.perm[routing.n_text :], V:] = vision_logits
+        return logits.view(K, B, N, V + VV)
+
+    def last_position_logits(self, h_sorted, routing: Routing, vision_indices, history) -> torch.Tensor:
+        """Joint logits (K, B, 1, V + VV) of the last position of every row only (prefill needs no more)."""
+        K = self.config.vision_codebook_num
+        B, N = routing.vision_mask.shape
+        flat_pos = torch.arange(B, device=h_sorted.device) * N + N - 1
+        h = h_sorted.index_select(0, routing.inverse[flat_pos])  # (B, C)
+        # both heads on these B rows (cheap); the modality of each row picks which one is kept
+        text = self.lm_head(h)  # (B, V)
+        vision = self.vision_lm_head(
+            self.vision_head_input(h, flat_pos, vision_indices, history)
+        )  # (K, B, VV)
+        minus_inf = torch.tensor(float("-inf"), dtype=text.dtype, device=text.device)
+        is_vision = routing.vision_mask[:, -1, None]  # (B, 1)
+        logits = torch.cat(
+            [
+                torch.where(is_vision, minus_inf, text).expand(K, -1, -1),
+                torch.where(is_vision, vision, minus_inf),
+            ],
+            dim=-1,
+        )
+        return logits[:, :, None]
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        vision_indices: torch.Tensor | None = None,
+        contiguous_signal: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: LibraCache | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool = False,
+        return_logits: bool = True,
+        last_logits_only: bool = False,
+        return_dict: bool = True,
+        output_attentions: bool = False,
+        cache: LibraCache | None = None,
+    ) -> LibraCausalLMOutput:
+        """Official call form (spec §3.1): input_ids (K, B, N), vision_indices (B, N), labels (K, B, N).
+
+        `return_logits=False` skips the (K, B, N, V + VV) logits (training: the loss never needs them);
+        `last_logits_only=True` returns them for the last position only, (K, B, 1, V + VV) (generation).
+        `cache` is transformers 5's name for `past_key_values`; either may be given.
+        """
+        if output_attentions:
+            raise ValueError("output_attentions=True is not supported: the fused attention keeps no weights.")
+        if not return_dict:
+            raise ValueError("return_dict=False is not supported; read the fields of the returned output.")
+        past_key_values = past_key_values if past_key_values is not None else cache
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if self.model.gradient_checkpointing and self.training:
+            use_cache = False
+        out = self.model(
+            input_ids,
+            vision_indices,
+            attention_mask=attention_mask,
+            contiguous_signal=contiguous_signal,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
+        )
+        routing = out.routing
+        B, N = routing.vision_mask.shape
+        h_text, h_vision = routing.split(out.last_hidden_state)
+        history = None
+        if self.config.vision_prediction_mode == "2d":
+            history = routing.to_sequence(out.last_hidden_state, B)
+            if out.cache is not None:
+                history = out.cache.append_final_hidden(history)
+
+        loss = loss_text = loss_image = None
+        if labels is not None:
+            vision_in = self.vision_head_input(
+                h_vision, routing.perm[routing.n_text :], vision_indices, history
+            )
+            loss, loss_text, loss_image = libra_loss(
+                h_text, vision_in, labels, routing, self.lm_head, self.vision_lm_head, self.config.vocab_size
+            )
+        logits = None
+        if last_logits_only:
+            logits = self.last_position_logits(out.last_hidden_state, routing, vision_indices, history)
+        elif return_logits:
+            vision_in = self.vision_head_input(
+                h_vision, routing.perm[routing.n_text :], vision_indices, history
+            )
+            logits = self.joint_logits(self.lm_head(h_text), self.vision_lm_head(vision_in), routing)
+        return LibraCausalLMOutput(
+            loss=loss,
+            loss_text=loss_text,
+            loss_image=loss_image,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+        )
+
+    # generation lives in generation.py; bound here so `model.generate(...)` works
+    from .generation import generate  # noqa: E402
+
+    @classmethod
+    def from_llama(cls, folder, dtype: torch.dtype | None = None, **config_overrides) -> "LibraForCausalLM":
+        """Stage-1 model from a LLaMA-2 HF folder; see `libra.model.from_llama`."""
+        from .from_llama import libra_from_llama
+
+        return libra_from_llama(cls, folder, dtype=dtype, **config_overrides)

@@ -1,0 +1,268 @@
+"""``LibraProcessor``: text + images ↔ Libra model inputs (spec §5.2, §5.4, §6.4–6.6).
+
+Two halves, so the expensive part runs where it belongs:
+
+* CPU, in DataLoader workers: ``processor.collator(samples)`` → :class:`TextBatch` (text ids with
+  image slots, attention mask, vision indices, label mask, preprocessed pixels or cached tokens).
+* device, inside the step: ``processor.to_model_inputs(batch)`` runs the frozen vision tokenizer
+  batched and returns the model inputs dict ``input_ids (K,B,N)``, ``attention_mask (B,N)``,
+  ``vision_indices (B,N)``, ``contiguous_signal (B,N,F) | None`` and, for training batches,
+  ``labels (K,B,N)`` with -100.
+
+``processor(samples)`` does both (eval, chat). ``decode`` turns generated ids back into text and
+image-code spans; ``images_to_pil`` renders spans through the pixel decoder.
+
+Checkpoint folder (the official layout; the model writes its own ``config.json`` + weights beside):
+text tokenizer files, ``vision_tokenizer_config.yaml`` + weights, and the CLIP folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .captions import CaptionCleaner
+from .collator import LibraCollator, Sample, TextBatch
+from .image_processing import ImagePreprocessor
+from .image_vocab import ImageVocab
+from .text_tokenizer import IMAGE_PLACEHOLDER, load_text_tokenizer, save_text_tokenizer
+from .token_cache import TokenCache, cache_namespace
+from .vision_tokenizer import VisionTokenizer
+
+
+@dataclass
+class DecodedSample:
+    """One generated sequence: text with one ``<img_ph>`` per image, and each image's indices."""
+
+    text: str
+    images: list[torch.Tensor] = field(default_factory=list)  # each (g*g, K) LFQ indices
+    incomplete_image: bool = False  # a boi whose span was cut off (e.g. by max_new_tokens)
+
+
+class LibraProcessor:
+    """Text tokenizer + vision tokenizer + preprocessing + templates, in one object.
+
+    Args:
+        text_tokenizer: from :func:`load_text_tokenizer` (``<img_ph>``/``<img_gen>`` added).
+        vision_tokenizer: the frozen :class:`VisionTokenizer`; move it with ``processor.to(device)``.
+        preprocessor: image settings; default = the CLIP folder's, padded to square (official path).
+        template: conversation template name for ``ConversationSample``/``VQASample`` (v1, llama_2, plain).
+        caption_cleaner: applied to ``CaptionSample.caption`` (official pretraining rules by default).
+        max_length: truncate training samples to this many positions (never inside an image).
+        add_eos: append ``</s>`` to training samples (the official recipe does not).
+        caption_mask: which caption-prompt tokens are not targets (official ``label_mask_strategy``):
+            "instruction" (default, official pretraining: only the instruction/newline between image
+            and caption), "prompt" (everything before the response, images included), "none".
+        token_cache: folder (or :class:`TokenCache`) for per-image codes + CLIP features.
+    """
+
+    def __init__(
+        self,
+        text_tokenizer,
+        vision_tokenizer: VisionTokenizer,
+        preprocessor: ImagePreprocessor | None = None,
+        template: str = "v1",
+        caption_cleaner: CaptionCleaner | None = None,
+        max_length: int | None = None,
+        add_eos: bool = False,
+        caption_mask: str = "instruction",
+        token_cache: TokenCache | str | Path | None = None,
+    ) -> None:
+        self.text_tokenizer = text_tokenizer
+        self.vision_tokenizer = vision_tokenizer
+        cfg = vision_tokenizer.config
+        self.vocab = ImageVocab(
+            text_vocab_size=text_tokenizer.libra_base_vocab_size,
+            codebook_size=cfg.codebook_size,
+            num_codebook=cfg.num_codebook,
+            grid=cfg.grid,
+        )
+        self.preprocessor = preprocessor or ImagePreprocessor(size=cfg.resolution)
+        if self.preprocessor.size != cfg.resolution:
+            raise ValueError(
+                f"preprocessor size {self.preprocessor.size} != vision tokenizer resolution {cfg.resolution}"
+            )
+        if token_cache is not None and not isinstance(token_cache, TokenCache):
+            token_cache = TokenCache(token_cache)
+        self.token_cache = token_cache
+        namespace = ""
+        if token_cache is not None:
+            namespace = cache_namespace(
+                vision_tokenizer.fingerprint(), self.preprocessor.settings(), vision_tokenizer.dtype
+            )
+        self.collator = LibraCollator(
+            text_tokenizer,
+            self.vocab,
+            self.preprocessor,
+            template=template,
+            caption_cleaner=caption_cleaner,
+            max_length=max_length,
+            add_eos=add_eos,
+            caption_mask=caption_mask,
+            token_cache=token_cache,
+            cache_namespace=namespace,
+        )
+
+    # ---- folders ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, dtype: torch.dtype = torch.float32, pad_to_square: bool = True, **kwargs
+    ) -> LibraProcessor:
+        """Load from a checkpoint folder (official or ours). ``kwargs`` go to ``__init__``."""
+        folder = Path(folder)
+        text = load_text_tokenizer(folder)
+        vision = VisionTokenizer.from_pretrained(folder, dtype=dtype)
+        clip_dir = folder / vision.config.encoder_name
+        if (clip_dir / "preprocessor_config.json").is_file():
+            preprocessor = ImagePreprocessor.from_clip_folder(clip_dir, pad_to_square=pad_to_square)
+        else:
+            preprocessor = ImagePreprocessor(size=vision.config.resolution, pad_to_square=pad_to_square)
+        return cls(text, vision, preprocessor, **kwargs)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write text tokenizer files, the vision tokenizer (yaml + safetensors) and the CLIP folder."""
+        save_text_tokenizer(self.text_tokenizer, folder)
+        self.vision_tokenizer.save_pretrained(folder, self.preprocessor)
+
+    def to(self, device: torch.device | str) -> LibraProcessor:
+        """Move the vision tokenizer (the only device part) and return self."""
+        self.vision_tokenizer.to(device)
+        return self
+
+    # ---- samples → model inputs -------------------------------------------------------------
+    def __call__(
+        self,
+        samples: list[Sample],
+        generation: bool = False,
+        padding_side: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """Samples → model inputs in one call (CPU collate, then the vision tokenizer)."""
+        batch = self.collator(samples, generation=generation, padding_side=padding_side)
+        return self.to_model_inputs(batch, device=device)
+
+    @torch.no_grad()
+    def encode_images(self, batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images of ``batch`` → indices (n, g*g, K) and features (n, g*g, F) on the tokenizer device.
+
+        Pixels are encoded in one batched call; cached tokens are taken as they are; fresh tokens are
+        written to the token cache when one is configured.
+        """
+        vt = self.vision_tokenizer
+        n = batch.num_images
+        indices = torch.zeros(
+            (n, self.vocab.num_patches, self.vocab.num_codebook), dtype=torch.long, device=vt.device
+        )
+        features = torch.zeros((n, self.vocab.num_patches, vt.feature_size), dtype=vt.dtype, device=vt.device)
+        if batch.pixel_values is not None:
+            tokens = vt.encode(batch.pixel_values)
+            slots = batch.pixel_slots.to(vt.device)
+            indices[slots], features[slots] = tokens.indices, tokens.features
+            if self.token_cache is not None:
+                for row, slot in enumerate(batch.pixel_slots.tolist()):
+                    key = batch.cache_keys[slot]
+                    if key is not None:
+                        self.token_cache.save(key, tokens.indices[row], tokens.features[row])
+        if batch.cached_indices is not None:
+            slots = batch.cached_slots.to(vt.device)
+            indices[slots] = batch.cached_indices.to(vt.device)
+            features[slots] = batch.cached_features.to(device=vt.device, dtype=vt.dtype)
+        return indices, features
+
+    def to_model_inputs(
+        self, batch: TextBatch, device: torch.device | str | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        """Merge image codes and CLIP features into ``batch`` → the model inputs dict.
+
+        At image positions every codebook row k holds ``[boi, V + index_k(patch)..., eoi]``; the
+        contiguous signal holds the patch's CLIP features (zero at boi/eoi, text, padding and for
+        hidden images); it is None when the batch has no image. ``labels`` only for training batches.
+        """
+        device = torch.device(device) if device is not None else self.vision_tokenizer.device
+        k = self.vocab.num_codebook
+        input_ids = batch.text_ids.to(device).unsqueeze(0).repeat(k, 1, 1)  # (K, B, N)
+        vision_indices = batch.vision_indices.to(device)
+        slot = batch.image_slot.to(device)
+        signal = None
+        if batch.num_images:
+            indices, features = self.encode_images(batch)
+            indices, features = indices.to(device), features.to(device)
+            at_image = slot >= 0
+            img, pos = slot[at_image], vision_indices[at_image]  # (n_pos,)
+            patch = (pos - 1).clamp(0, self.vocab.num_patches - 1)
+            codes = indices[img, patch].T + self.vocab.text_vocab_size  # (K, n_pos)
+            is_patch = (pos >= 1) & (pos <= self.vocab.num_patches)
+            framed = torch.where(pos == 0, self.vocab.boi_id, self.vocab.eoi_id)
+            input_ids[:, at_image] = torch.where(is_patch, codes, framed)
+            visible = (~batch.hide_features.to(device))[img] & is_patch
+            signal = torch.zeros((*slot.shape, features.shape[-1]), dtype=features.dtype, device=device)
+            signal[at_image] = features[img, patch] * visible.unsqueeze(-1).to(features.dtype)
+        out = {
+            "input_ids": input_ids,
+            "attention_mask": batch.attention_mask.to(device),
+            "vision_indices": vision_indices,
+            "contiguous_signal": signal,
+        }
+        if batch.label_mask is not None:
+            out["labels"] = torch.where(
+                batch.label_mask.to(device), input_ids, torch.full_like(input_ids, -100)
+            )
+        return out
+
+    # ---- model outputs → text and images ----------------------------------------------------
+    def decode(self, ids: torch.Tensor) -> DecodedSample:
+        """One sequence (K, T) of model ids → text (``<img_ph>`` per image) and image indices.
+
+        Image spans are found by structure in row 0: boi, g*g code ids, eoi. Padding/unk, bos and eos
+        are dropped from the text, and so are image ids outside a complete span (decode from a boi on,
+        e.g. the whole sequence, to get an image whose boi was in the prompt). A boi whose span is
+        cut off sets ``incomplete_image`` and ends the decoding there.
+        """
+        if ids.dim() != 2 or ids.shape[0] != self.vocab.num_codebook:
+            raise ValueError(
+                f"decode expects one sequence (K={self.vocab.num_codebook}, T); got {tuple(ids.shape)}"
+            )
+        ids = ids.cpu()
+        row = ids[0].tolist()
+        placeholder = self.collator.placeholder_id
+        text_ids, images, incomplete, i = [], [], False, 0
+        span = self.vocab.tokens_per_image
+        while i < len(row):
+            if row[i] == self.vocab.boi_id:
+                block = ids[:, i : i + span]
+                if block.shape[1] == span and block[0, -1] == self.vocab.eoi_id:
+                    images.append(self.vocab.ids_to_indices(block.unsqueeze(1))[0])  # (g*g, K)
+                    text_ids.append(placeholder)
+                    i += span
+                    continue
+                incomplete = True
+                break
+            if row[i] < self.vocab.text_vocab_size:
+                text_ids.append(row[i])
+            i += 1
+        text = self.text_tokenizer.decode(text_ids, skip_special_tokens=True)
+        return DecodedSample(text=text, images=images, incomplete_image=incomplete)
+
+    def batch_decode(self, ids: torch.Tensor) -> list[DecodedSample]:
+        """(K, B, T) model ids → one :class:`DecodedSample` per row."""
+        return [self.decode(ids[:, b]) for b in range(ids.shape[1])]
+
+    @torch.no_grad()
+    def decode_images(self, indices: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        """Image indices ((g*g, K) each, or stacked (n, g*g, K)) → pixels (n, 3, R, R) ≈ [-1, 1]."""
+        stacked = torch.stack(list(indices)) if isinstance(indices, list) else indices
+        return self.vision_tokenizer.decode_indices(stacked)
+
+    def images_to_pil(self, indices: list[torch.Tensor] | torch.Tensor) -> list[Image.Image]:
+        """Image indices → PIL images (clamped to [-1, 1], mapped to 0..255 as the official demo)."""
+        pixels = self.decode_images(indices).float().clamp(-1, 1)
+        arrays = ((pixels + 1) / 2 * 255).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+        return [Image.fromarray(a) for a in arrays]
+
+    @property
+    def image_placeholder(self) -> str:
+        return IMAGE_PLACEHOLDER

@@ -1,0 +1,72 @@
+"""End to end: readers in DataLoader workers → the processor's text side → model inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from libra.data.batching import ReaderCollator, ReaderState
+from libra.data.laion import LaionShards
+from libra.data.llava_instruct import LlavaInstructions
+from libra.data.samplers import ResumableSampler
+from libra.data.skips import Skipped
+from libra.data.synthetic import synthetic_dataset
+from libra.tokenizer.processor import LibraProcessor
+from libra.tokenizer.samples import CaptionSample, ConversationSample, Turn
+
+TINY_FOLDER = "tests/data/vision_tokenizer_tiny/model"
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return LibraProcessor.from_pretrained(TINY_FOLDER)
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    return synthetic_dataset(
+        tmp_path_factory.mktemp("cache"), train_images=16, val_images=2, test_images=2, images_per_shard=8
+    )
+
+
+def test_laion_batches_carry_pixels_and_tokens(processor, layout):
+    reader = LaionShards(layout.laion_urls("train"), image_transform=processor.preprocessor, shuffle=False)
+    loader = DataLoader(reader, batch_size=4, num_workers=2, collate_fn=ReaderCollator(processor.collator))
+    batches = list(loader)
+    assert [b.num_samples for b in batches] == [4, 4, 4, 4]
+    text = batches[0].inputs
+    assert text.pixel_values.shape == (4, 3, 56, 56) and text.pixel_values.dtype == torch.float32
+    # 18 image tokens per image (boi + 4x4 + eoi) in every row
+    assert (text.image_slot >= 0).sum(dim=1).tolist() == [18, 18, 18, 18]
+    inputs = processor.to_model_inputs(text)
+    assert inputs["input_ids"].shape[:2] == (2, 4)  # (K codebooks, B)
+    assert inputs["labels"].shape == inputs["input_ids"].shape
+
+
+def test_instruction_batches_through_a_resumable_sampler(processor, layout):
+    dataset = LlavaInstructions(
+        str(layout.llava_file("train")), str(layout.image_root), image_transform=processor.preprocessor
+    )
+    sampler = ResumableSampler(dataset, seed=0)
+    loader = DataLoader(dataset, batch_size=3, sampler=sampler, collate_fn=ReaderCollator(processor.collator))
+    state = ReaderState()
+    seen = []
+    for batch in loader:
+        state.update(batch)
+        seen.extend(batch.inputs.keys)
+    assert state.drawn == len(dataset) and sorted(seen) == sorted(dataset[i].key for i in range(len(dataset)))
+
+
+def test_a_sample_the_processor_refuses_is_dropped_and_counted(processor):
+    good = CaptionSample(Image.new("RGB", (56, 56), (200, 0, 0)), "a red square", key="good")
+    bad = ConversationSample([Turn("user", "<image>\nwhat?")], [], key="bad")  # tag without an image
+    batch = ReaderCollator(processor.collator)([good, Skipped("no_caption", "shard x key y"), bad])
+    assert (batch.num_samples, batch.drawn, batch.skipped) == (1, 3, {"no_caption": 1, "rejected_sample": 1})
+    assert batch.inputs.keys == ["good"]
+
+
+def test_all_skipped_gives_an_empty_batch():
+    batch = ReaderCollator(processor=None)([Skipped("corrupt_image", "k")])
+    assert (batch.inputs, batch.num_samples, batch.drawn) == (None, 0, 1)

@@ -1,0 +1,152 @@
+"""libra.validation rules on hand-made configs: each problem names the key and the fixing override."""
+
+import copy
+
+import pytest
+from omegaconf import OmegaConf
+
+from libra.validation import ConfigError, validate
+
+from .conftest import shaped_checkpoint as _checkpoint
+
+BASE = {
+    "task": "train",
+    "seed": 42,
+    "checkpoint": None,
+    "resume": None,
+    "objective": None,
+    "prompt": None,
+    "image": None,
+    "max_new_tokens": 16,
+    "temperature": 0.0,
+    "cluster": {"launcher": "local", "nodes": 1, "gpus_per_node": 1},
+    "trainer": {"global_batch_size": 8, "micro_batch_size": 4, "precision": "fp32", "grad_clip": 1.0},
+    "deepspeed": {"stage": 0, "offload_optimizer": False, "offload_param": False},
+    "data": {"shards": "/data/{0..9}.tar"},
+}
+
+
+def _cfg(**changes):
+    cfg = OmegaConf.create(copy.deepcopy(BASE))
+    for key, value in changes.items():
+        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+    return cfg
+
+
+def _problems(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    return str(info.value)
+
+
+def test_base_config_is_valid():
+    validate(_cfg())
+
+
+def test_global_batch_must_divide_by_micro_batch_times_world():
+    msg = _problems(
+        _cfg(cluster__launcher="torchrun", cluster__gpus_per_node=2, trainer__global_batch_size=12)
+    )
+    assert "trainer.global_batch_size: 12 is not a multiple of" in msg
+    assert "world size (2) = 8" in msg
+    assert "fix: trainer.global_batch_size=16" in msg
+
+
+def test_parameter_offload_needs_zero3():
+    msg = _problems(_cfg(deepspeed__stage=2, deepspeed__offload_param=True))
+    assert "deepspeed.offload_param: parameter offload needs ZeRO-3" in msg
+    assert "deepspeed=zero3_offload" in msg
+    validate(_cfg(deepspeed__stage=3, deepspeed__offload_param=True))
+
+
+def test_optimizer_offload_needs_zero():
+    assert "deepspeed=zero2_offload" in _problems(_cfg(deepspeed__offload_optimizer=True))
+
+
+def test_types_and_choices_are_checked():
+    msg = _problems(_cfg(trainer__micro_batch_size="four", trainer__precision="fp8", task="serve"))
+    assert "trainer.micro_batch_size: 'four' is a str, expected int" in msg
+    assert "trainer.precision: 'fp8' is not one of fp32 | bf16" in msg
+    assert "task: 'serve' is not one of train | benchmark | chat | generate" in msg
+    assert "3 problem(s)" in msg
+
+
+def test_bool_is_not_an_int():
+    assert "cluster.nodes: True is a bool" in _problems(_cfg(cluster__nodes=True))
+
+
+def test_local_launcher_runs_one_process():
+    msg = _problems(_cfg(cluster__gpus_per_node=4))
+    assert "cluster=torchrun cluster.gpus_per_node=4" in msg
+
+
+def test_torchrun_is_one_node():
+    assert "cluster=slurm cluster.nodes=2" in _problems(_cfg(cluster__launcher="torchrun", cluster__nodes=2))
+
+
+def test_required_values_of_used_groups():
+    msg = _problems(_cfg(data__shards="???"))
+    assert "data.shards: is required (???)" in msg
+    # task=chat does not read the training data: its ??? does not matter
+    assert "data.shards" not in _problems(_cfg(task="chat", data__shards="???"))
+
+
+def test_inference_tasks_need_checkpoint_and_prompt(tmp_path, data_dir):
+    msg = _problems(_cfg(task="chat"))
+    assert "checkpoint: task=chat needs a checkpoint folder" in msg
+    assert "prompt: task=chat needs a prompt" in msg
+    folder = str(_checkpoint(tmp_path, data_dir))
+    missing = str(tmp_path / "missing.jpg")
+    msg = _problems(_cfg(task="chat", checkpoint=folder, prompt="hi", image=missing))
+    assert f"image: {missing!r} is not a file" in msg
+    validate(_cfg(task="generate", checkpoint=folder, prompt="a red bus"))
+
+
+def test_resume_is_auto_or_a_run_dir(tmp_path):
+    assert "resume=auto" in _problems(_cfg(resume=str(tmp_path / "nope")))
+    validate(_cfg(resume="auto"))
+    validate(_cfg(resume=str(tmp_path)))
+
+
+def test_unknown_key_is_reported_not_crashed():
+    cfg = _cfg()
+    del cfg.trainer["precision"]
+    assert "trainer.precision: is not set" in _problems(cfg)
+
+
+def test_offload_flags_default_to_off_when_left_out():
+    cfg = _cfg()
+    del cfg.deepspeed["offload_param"]
+    del cfg.deepspeed["offload_optimizer"]
+    validate(cfg)
+
+
+def test_checkpoint_model_and_vision_tokenizer_agree(tmp_path, data_dir):
+    folder = _checkpoint(tmp_path, data_dir)
+    validate(_cfg(task="benchmark", checkpoint=str(folder)))
+
+
+def test_clip_width_times_layers_is_the_signal_size(tmp_path, data_dir):
+    folder = _checkpoint(tmp_path, data_dir, contiguous_signal_size=2048)  # the official code default (B14)
+    msg = _problems(_cfg(task="benchmark", checkpoint=str(folder)))
+    assert "contiguous_signal_size=2048, but CLIP width 32 x 4 selected layers gives 128" in msg
+    assert "fix: set contiguous_signal_size to 128" in msg
+
+
+def test_image_token_count_of_model_and_tokenizer(tmp_path, data_dir):
+    folder = _checkpoint(tmp_path, data_dir, max_vision_token_length=578)
+    msg = _problems(_cfg(task="chat", prompt="hi", checkpoint=str(folder)))
+    assert "max_vision_token_length=578, but the vision tokenizer's image length gives 18" in msg
+
+
+def test_stage_two_start_folder_is_checked(tmp_path, data_dir):
+    folder = _checkpoint(tmp_path, data_dir, vision_vocab_size=514)
+    msg = _problems(_cfg(model__init_from=str(folder)))
+    assert (
+        "model.init_from:" in msg and "vision_vocab_size=514, but codebook_size + boi + eoi gives 18" in msg
+    )
+
+
+def test_folder_without_model_is_refused(tmp_path):
+    msg = _problems(_cfg(task="benchmark", checkpoint=str(tmp_path)))
+    assert "is not a Libra checkpoint folder (no config.json)" in msg
