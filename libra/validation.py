@@ -20,7 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-TASKS = ("train", "benchmark", "chat", "generate")
+from libra.launch import TASKS as ENTRY_POINTS
+
+TASKS = tuple(ENTRY_POINTS)  # train, benchmark, chat, generate
 LAUNCHERS = ("local", "torchrun", "slurm")
 PRECISIONS = ("fp32", "bf16")
 # Groups a task reads: a value still marked ??? (required) in another group does not stop it.
@@ -153,13 +155,50 @@ def _missing_keys(node: DictConfig | ListConfig, prefix: str) -> list[str]:
     return found
 
 
+def _broken_interpolations(node: DictConfig | ListConfig, prefix: str) -> list[Problem]:
+    """Interpolations that point at keys the composed config does not have (e.g. the tiny tokenizer's
+    ``${data.cache_dir}`` when the data is not the synthetic set)."""
+    from omegaconf.errors import (
+        InterpolationKeyError,
+        InterpolationResolutionError,
+        InterpolationToMissingValueError,
+    )
+
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    found = []
+    for key in keys:
+        name = f"{prefix}.{key}" if isinstance(node, DictConfig) else f"{prefix}[{key}]"
+        if OmegaConf.is_interpolation(node, key):
+            try:
+                node[key]
+            except InterpolationToMissingValueError:
+                pass  # points at a ??? value, reported by _check_required
+            except (InterpolationKeyError, InterpolationResolutionError) as error:
+                text = node._get_node(key)._value()
+                found.append(
+                    Problem(
+                        name,
+                        f"{text} does not resolve ({error.msg.splitlines()[0]})",
+                        "pick config groups that go together, or set the missing key",
+                    )
+                )
+        elif not OmegaConf.is_missing(node, key):
+            child = node._get_node(key)
+            if isinstance(child, (DictConfig, ListConfig)):
+                found.extend(_broken_interpolations(child, name))
+    return found
+
+
 def _check_required(cfg: DictConfig) -> list[Problem]:
     """Values left as ``???`` in the groups the task uses (e.g. data.shards of data=laion)."""
     problems = []
     for group in GROUPS_OF_TASK[cfg.task]:
+        if group == "benchmark" and cfg.task == "train" and _get(cfg, "trainer.benchmark_at_end") is False:
+            continue  # training without the final benchmark never reads it
         if group in cfg and isinstance(cfg[group], DictConfig):
             for key in _missing_keys(cfg[group], group):
                 problems.append(Problem(key, "is required (???)", f"{key}=<value>"))
+            problems.extend(_broken_interpolations(cfg[group], group))
     return problems
 
 
@@ -270,6 +309,24 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _rule_precision(cfg: DictConfig) -> list[Problem]:
+    """One precision per run: the DeepSpeed JSON and autocast take `trainer.precision`; a benchmark
+    that declares its own must match it, or the scores at the end of training would measure a
+    different numeric model than the one trained."""
+    benchmark_precision = _get(cfg, "benchmark.precision")
+    if cfg.task != "train" or benchmark_precision in (_ABSENT, _MISSING, None):
+        return []
+    if benchmark_precision == cfg.trainer.precision:
+        return []
+    return [
+        Problem(
+            "benchmark.precision",
+            f"{benchmark_precision!r} differs from trainer.precision={cfg.trainer.precision!r}",
+            f"benchmark.precision={cfg.trainer.precision}  (or trainer.precision={benchmark_precision})",
+        )
+    ]
+
+
 def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Problem]:
     """Model vs vision tokenizer of one checkpoint folder, from its small json/yaml files only.
 
@@ -344,6 +401,7 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_offload,
     _rule_launcher,
     _rule_task_inputs,
+    _rule_precision,
     _rule_checkpoint_shapes,
 ]
 

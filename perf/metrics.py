@@ -27,24 +27,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from libra.benchmark.caption_metrics import score_captions  # noqa: E402
-from libra.benchmark.files import (  # noqa: E402
-    load_caption_references,
-    load_caption_results,
-    load_vqa_annotations,
-    load_vqa_questions,
-    load_vqa_results,
-)
-from libra.benchmark.vqa_accuracy import evaluate_vqa  # noqa: E402
+from libra.benchmark.score import score_caption_files, score_vqa_files  # noqa: E402
 from libra.benchmark.vqa_answers import ARTICLES, CONTRACTIONS, NUMBER_WORDS  # noqa: E402
 
 # ------------------------------------------------------------------------------ data generation
 
 COUNTS = ["a", "one", "two", "three", "four", "5", "6", "several", "some", "a pair of", "a group of"]
-ADJECTIVES = ["red", "small", "old", "wooden", "shiny", "muddy", "tall", "striped", "tiny", "green",
-              "rusty", "bright", "dark", "fluffy", "broken", "empty", "crowded", "quiet", "wet", "sunny"]  # fmt: skip
-NOUNS = ["dog", "cat", "man", "woman", "bus", "train", "boat", "bird", "horse", "clock", "pizza",
-         "bench", "kite", "surfer", "skateboard", "giraffe", "elephant", "table", "bicycle", "truck"]  # fmt: skip
+ADJECTIVES = [
+    "red", "small", "old", "wooden", "shiny", "muddy", "tall", "striped", "tiny", "green", "rusty",
+    "bright", "dark", "fluffy", "broken", "empty", "crowded", "quiet", "wet", "sunny",
+]  # fmt: skip
+NOUNS = [
+    "dog", "cat", "man", "woman", "bus", "train", "boat", "bird", "horse", "clock", "pizza",
+    "bench", "kite", "surfer", "skateboard", "giraffe", "elephant", "table", "bicycle", "truck",
+]  # fmt: skip
 VERBS = ["sitting on", "standing near", "walking along", "parked by", "lying on", "next to",
          "riding", "looking at", "jumping over", "resting beside"]  # fmt: skip
 PLACES = ["a street", "the beach", "a field", "a kitchen", "the park", "a river", "a table", "the snow",
@@ -130,10 +126,12 @@ def make_vqa(folder: Path, questions: int, seed: int) -> tuple[Path, Path, Path]
         if rng.random() < 0.2:
             humans = [pool[0]] * 10  # unanimous: the official code skips normalisation
         qs.append({"question_id": qid, "image_id": qid // 3, "question": f"{qtype} it?"})
+        answers = [
+            {"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(humans)
+        ]
         anns.append({
             "question_id": qid, "image_id": qid // 3, "question_type": qtype, "answer_type": atype,
-            "multiple_choice_answer": humans[0],
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(humans)],
+            "multiple_choice_answer": humans[0], "answers": answers,
         })  # fmt: skip
         results.append({"question_id": qid, "answer": _variant(rng, rng.choice(ANSWERS[atype]))})
     paths = folder / "vqa_questions.json", folder / "vqa_annotations.json", folder / "vqa_results.json"
@@ -146,6 +144,11 @@ def make_vqa(folder: Path, questions: int, seed: int) -> tuple[Path, Path, Path]
 # ------------------------------------------------- baseline: the official VQA code, ported faithfully
 # Same data flow and per-question work as GT-Vision-Lab/VQA vqa.py + vqaEval.py (index, deep-copied
 # results, in-place answer rewriting, list comprehensions over answer dicts); Python 3 only.
+
+
+def _load(path: Path):
+    with open(path) as f:
+        return json.load(f)
 
 
 class OfficialVQA:
@@ -176,14 +179,14 @@ class OfficialVQA:
     COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 
     def __init__(self, annotation_file: Path, question_file: Path):
-        self.dataset = json.load(open(annotation_file))
-        self.questions = json.load(open(question_file))
+        self.dataset = _load(annotation_file)
+        self.questions = _load(question_file)
         self.qa = {ann["question_id"]: ann for ann in self.dataset["annotations"]}
         self.qqa = {q["question_id"]: q for q in self.questions["questions"]}
 
     def load_results(self, result_file: Path, question_file: Path) -> dict:
-        questions = json.load(open(question_file))
-        results = json.load(open(result_file))
+        questions = _load(question_file)
+        results = _load(result_file)
         assert {r["question_id"] for r in results} == set(self.qa), "results must cover every question"
         out = {}
         for r in results:
@@ -252,9 +255,7 @@ def time_vqa(paths: tuple[Path, Path, Path]) -> dict:
     baseline_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    anns = load_vqa_annotations(annotations)
-    load_vqa_questions(questions)
-    ours = evaluate_vqa(anns, load_vqa_results(results, anns))
+    ours = score_vqa_files(str(questions), str(annotations), str(results))  # what the CLI runs
     ours_s = time.perf_counter() - start
     diff = max(abs(per_ref[q] - ours.per_question[q]) for q in per_ref)
     assert ours.overall == overall_ref, (ours.overall, overall_ref)
@@ -268,11 +269,11 @@ def time_captions(gt_path: Path, results_path: Path) -> dict:
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     start = time.perf_counter()
-    gt = json.load(open(gt_path))
+    gt = _load(gt_path)
     gts = {img["id"]: [] for img in gt["images"]}
     for ann in gt["annotations"]:
         gts[ann["image_id"]].append({"caption": ann["caption"]})
-    res = {r["image_id"]: [{"caption": r["caption"]}] for r in json.load(open(results_path))}
+    res = {r["image_id"]: [{"caption": r["caption"]}] for r in _load(results_path)}
     tokenizer = PTBTokenizer()
     gts, res = tokenizer.tokenize(gts), tokenizer.tokenize(res)
     reference = {}
@@ -289,10 +290,7 @@ def time_captions(gt_path: Path, results_path: Path) -> dict:
     baseline_s = time.perf_counter() - start
 
     start = time.perf_counter()
-    refs = load_caption_references(gt_path)
-    ours = score_captions(
-        refs, load_caption_results(results_path, refs), metrics=("Bleu", "ROUGE_L", "CIDEr")
-    )
+    ours = score_caption_files(str(gt_path), str(results_path), metrics=("Bleu", "ROUGE_L", "CIDEr"))
     ours_s = time.perf_counter() - start
     diff = 0.0
     for name, (corpus, per_image) in reference.items():

@@ -64,7 +64,9 @@ def bleu(batch: CaptionBatch) -> tuple[BleuStats, np.ndarray]:
     guess = np.maximum(0, cand_len[:, None] - np.arange(n)[None, :])
     ref_len = t.lengths[~batch.is_candidate]
     # closest reference length, ties to the shorter: min over (|l - c|, l)
-    closeness = np.abs(ref_len - np.repeat(cand_len, batch.ref_counts)) * (ref_len.max(initial=0) + 1) + ref_len
+    closeness = (
+        np.abs(ref_len - np.repeat(cand_len, batch.ref_counts)) * (ref_len.max(initial=0) + 1) + ref_len
+    )
     reflen = np.minimum.reduceat(closeness, batch.ref_starts) % (ref_len.max(initial=0) + 1)
 
     per_image = np.empty((num_images, n))
@@ -77,6 +79,9 @@ def bleu(batch: CaptionBatch) -> tuple[BleuStats, np.ndarray]:
     per_image[short] *= np.exp(1 - 1 / ratio[short])[:, None]
 
     stats = BleuStats(
-        int(cand_len.sum()), int(reflen.sum()), [int(x) for x in guess.sum(0)], [int(x) for x in correct.sum(0)]
+        int(cand_len.sum()),
+        int(reflen.sum()),
+        [int(x) for x in guess.sum(0)],
+        [int(x) for x in correct.sum(0)],
     )
     return stats, per_image

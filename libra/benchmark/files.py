@@ -76,12 +76,22 @@ def load_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
     data = read_json(path)
     fix = "use the official VQA annotation file (mscoco_*_annotations.json)"
     _require(data, ["annotations"], str(path), fix)
-    for i, ann in enumerate(data["annotations"]):
-        _require(
-            ann, ["question_id", "answers", "question_type", "answer_type"], f"{path}: annotations[{i}]", fix
-        )
-        for j, answer in enumerate(ann["answers"]):
-            _require(answer, ["answer"], f"{path}: annotations[{i}].answers[{j}]", fix)
+    keys = ["question_id", "answers", "question_type", "answer_type"]
+    annotations = data["annotations"]
+    # One cheap pass; the slow, precise check runs only to name the offender.
+    well_formed = all(
+        isinstance(a, dict)
+        and "question_id" in a
+        and "answers" in a
+        and "question_type" in a
+        and "answer_type" in a
+        for a in annotations
+    ) and all(isinstance(x, dict) and "answer" in x for a in annotations for x in a["answers"])
+    if not well_formed:
+        for i, ann in enumerate(annotations):
+            _require(ann, keys, f"{path}: annotations[{i}]", fix)
+            for j, answer in enumerate(ann["answers"]):
+                _require(answer, ["answer"], f"{path}: annotations[{i}].answers[{j}]", fix)
     return data["annotations"]
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from functools import cached_property
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -47,16 +47,21 @@ def count_ngrams(sentences: Sequence[str], n: int = 4) -> NGramTable:
 
     num_sentences = max(len(words), 1)
     if vocab_size**2 * num_sentences >= 2**63:
-        raise ValueError(f"{len(words)} captions of {total} words are too many for one batch; score fewer at once")
+        raise ValueError(
+            f"{len(words)} captions of {total} words are too many for one batch; score fewer at once"
+        )
     parts, offset = [], 0
-    codes = ids
+    start = np.arange(total, dtype=np.int64)  # start position of each live n-gram
+    codes = rank = ids
     for k in range(n):
         if k:
-            # A (k+1)-gram at p is the k-gram at p followed by word p+k; ranks keep codes small.
-            codes = rank[: total - k] * vocab_size + ids[k:]
+            # A (k+1)-gram is a k-gram followed by one more word; only k-grams that can grow
+            # (enough words left in their sentence) are kept, and ranks keep the codes small.
+            grows = words_left[start] > k
+            start, codes = start[grows], rank[grows] * vocab_size + ids[start[grows] + k]
         # One sort by (code, sentence) gives both each code's dense rank (for the next order)
         # and the distinct (sentence, n-gram) pairs with their counts.
-        key = codes * num_sentences + sentence_of[: total - k]
+        key = codes * num_sentences + sentence_of[start]
         order = np.argsort(key)
         key = key[order]
         code_sorted = key // num_sentences
@@ -64,13 +69,15 @@ def count_ngrams(sentences: Sequence[str], n: int = 4) -> NGramTable:
         rank_sorted = np.cumsum(is_new_code) - 1
         rank = np.empty_like(order)
         rank[order] = rank_sorted
-        valid = (words_left[: total - k] > k)[order]  # the gram does not cross the sentence end
-        key, rank_valid = key[valid], rank_sorted[valid]
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else key
         counts = np.diff(np.r_[first, key.size])
-        parts.append((key[first] % num_sentences, np.full(first.size, k), rank_valid[first] + offset, counts))
+        parts.append(
+            (key[first] % num_sentences, np.full(first.size, k), rank_sorted[first] + offset, counts)
+        )
         offset += int(rank_sorted[-1]) + 1 if rank_sorted.size else 0
-    sentence, order, gram, count = (np.concatenate(x) if parts else np.zeros(0, np.int64) for x in zip(*parts))
+    sentence, order, gram, count = (
+        np.concatenate(x) if parts else np.zeros(0, np.int64) for x in zip(*parts)
+    )
     return NGramTable(sentence, order, gram, count, lengths, offset, n)
 
 
@@ -124,4 +131,6 @@ def caption_batch(candidates: Sequence[str], references: Sequence[Sequence[str]]
     image = np.concatenate([np.repeat(np.arange(len(references)), ref_counts), np.arange(len(candidates))])
     is_candidate = np.arange(len(sentences)) >= num_refs
     ref_starts = np.cumsum(ref_counts) - ref_counts
-    return CaptionBatch(count_ngrams(sentences, n), image, is_candidate, ref_starts, ref_counts, len(references))
+    return CaptionBatch(
+        count_ngrams(sentences, n), image, is_candidate, ref_starts, ref_counts, len(references)
+    )

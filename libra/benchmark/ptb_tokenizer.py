@@ -102,14 +102,20 @@ _NUMBER_AHEAD = re.compile(r"\s*\d")
 # follows; then the lexer reads a sentence end. The words were found by probing the jar.
 _CAPITALISED_WORD_AHEAD = re.compile(r"\s*([A-Z][A-Za-z]*)(?=\s|$)")
 _SENTENCE_STARTERS = frozenset(
-    "a an the this that these there one some many in at it he she they we you our their her but if "
-    "when while what as after here now then so other such since yet however once last".split()
-)
+    {
+        "a", "an", "the", "this", "that", "these", "there", "one", "some", "many", "in", "at",
+        "it", "he", "she", "they", "we", "you", "our", "their", "her", "but", "if", "when",
+        "while", "what", "as", "after", "here", "now", "then", "so", "other", "such", "since",
+        "yet", "however", "once", "last",
+    }
+)  # fmt: skip
 
 
 def _sentence_starts(ahead: str) -> bool:
     match = _CAPITALISED_WORD_AHEAD.match(ahead)
     return match is not None and match.group(1).lower() in _SENTENCE_STARTERS
+
+
 _NT = re.compile(r"^(.*[^\W_])(n['’]t)$", re.IGNORECASE)
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 
-from libra.benchmark.caption_metrics import METRICS, score_captions
+from libra.benchmark.caption_metrics import METRICS, CaptionResult, score_captions
 from libra.benchmark.exact_match import EXACT_MATCH_RULES
 from libra.benchmark.files import (
     InputError,
@@ -28,25 +29,45 @@ from libra.benchmark.files import (
     load_vqa_questions,
     load_vqa_results,
 )
-from libra.benchmark.vqa_accuracy import PROCESSORS, evaluate_vqa
+from libra.benchmark.gc_pause import gc_paused
+from libra.benchmark.vqa_accuracy import PROCESSORS, VQAResult, evaluate_vqa
+
+
+def score_vqa_files(
+    questions: str, annotations: str, results: str, processor: str = "official", n: int = 2
+) -> VQAResult:
+    """Read official VQA files and score them. The garbage collector stays paused until the
+    parsed files are freed again, so it never rescans them (the data has no reference cycles)."""
+    with gc_paused():
+        anns = load_vqa_annotations(annotations)
+        check_questions_cover(load_vqa_questions(questions), anns, questions)
+        result = evaluate_vqa(anns, load_vqa_results(results, anns), processor=processor, n=n)
+        del anns  # freed while the collector is still paused
+    return result
+
+
+def score_caption_files(
+    gt: str, results: str, metrics: Sequence[str] = METRICS, tokenizer: str = "python"
+) -> CaptionResult:
+    """Read caption ground truth (COCO or Karpathy layout) and results, and score them."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise InputError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
+    with gc_paused():
+        references = load_caption_references(gt)
+        candidates = load_caption_results(results, references)
+        result = score_captions(references, candidates, metrics=metrics, tokenizer=tokenizer)
+        del references, candidates  # freed while the collector is still paused
+    return result
 
 
 def _vqa(args: argparse.Namespace) -> dict:
-    annotations = load_vqa_annotations(args.annotations)
-    questions = load_vqa_questions(args.questions)
-    check_questions_cover(questions, annotations, args.questions)
-    predictions = load_vqa_results(args.results, annotations)
-    return evaluate_vqa(annotations, predictions, processor=args.processor, n=args.n).to_json()
+    return score_vqa_files(args.questions, args.annotations, args.results, args.processor, args.n).to_json()
 
 
 def _caption(args: argparse.Namespace) -> dict:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise InputError(f"--metrics: unknown {unknown}; choose from {','.join(METRICS)}")
-    references = load_caption_references(args.gt)
-    candidates = load_caption_results(args.results, references)
-    return score_captions(references, candidates, metrics=metrics, tokenizer=args.tokenizer).to_json()
+    return score_caption_files(args.gt, args.results, metrics, args.tokenizer).to_json()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,7 +62,10 @@ _answer_id = operator.itemgetter("answer_id")
 def _identities(answers: Sequence[Answer], processed: Sequence[str]) -> list[Any] | None:
     """Hashable copies of the answer dicts (with the processed answer), or ``None`` when their
     ``answer_id``s already make them all distinct."""
-    ids = set(map(_answer_id, answers))
+    try:
+        ids = set(map(_answer_id, answers))
+    except KeyError:  # no answer_id: identical dicts are possible
+        ids = set()
     if len(ids) == len(answers) and None not in ids:
         return None
     return [

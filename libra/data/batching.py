@@ -31,6 +31,7 @@ class DataBatch:
     drawn: int  # items the batch used up from its reader, skipped ones included
     skipped: dict[str, int] = field(default_factory=dict)
     positions: list[tuple[int, int, int]] = field(default_factory=list)  # (slot, epoch, index) per item
+    num_slots: int | None = None  # ranks x workers of the stream, when the items came from one
 
 
 class ReaderCollator:
@@ -40,10 +41,11 @@ class ReaderCollator:
         self.processor = processor
 
     def __call__(self, items: Sequence[Any]) -> DataBatch:
-        positions, skipped, samples = [], SkipCounter(), []
+        positions, skipped, samples, num_slots = [], SkipCounter(), [], None
         for item in items:
             if isinstance(item, StreamItem):
                 positions.append((item.slot, item.epoch, item.index))
+                num_slots = item.num_slots
                 item = item.item
             if isinstance(item, Skipped):
                 skipped.add(item)
@@ -58,7 +60,7 @@ class ReaderCollator:
                 # instead of losing the batch (or the run)
                 samples = self._accepted(samples, skipped)
                 inputs = self.processor(samples) if samples else None
-        return DataBatch(inputs, len(samples), len(items), dict(skipped), positions)
+        return DataBatch(inputs, len(samples), len(items), dict(skipped), positions, num_slots)
 
     def _accepted(self, samples: list, skipped: SkipCounter) -> list:
         kept = []
@@ -83,6 +85,7 @@ class ReaderState:
         self.epoch = 0
         self.drawn = 0
         self.drawn_per_slot: dict[int, int] = {}
+        self.num_slots: int | None = None
         self.skipped = SkipCounter()
 
     def start_epoch(self, epoch: int) -> None:
@@ -91,6 +94,7 @@ class ReaderState:
     def update(self, batch: DataBatch) -> None:
         self.drawn += batch.drawn
         self.skipped.update(batch.skipped)
+        self.num_slots = batch.num_slots or self.num_slots
         for slot, epoch, index in batch.positions:
             if epoch != self.epoch:
                 raise ValueError(
@@ -108,10 +112,12 @@ class ReaderState:
             "epoch": self.epoch,
             "drawn": self.drawn,
             "drawn_per_slot": dict(self.drawn_per_slot),
+            "num_slots": self.num_slots,
             "skipped": dict(self.skipped),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.drawn = int(state["epoch"]), int(state["drawn"])
         self.drawn_per_slot = {int(slot): int(n) for slot, n in state["drawn_per_slot"].items()}
+        self.num_slots = state.get("num_slots")
         self.skipped = SkipCounter(state["skipped"])

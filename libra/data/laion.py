@@ -6,9 +6,10 @@ cleaned as in spec §6.4; a shape outside the ratio band forces image-to-text as
 
 The stream is split over ``rank * num_workers + worker`` slots. Finite mode gives each slot a
 disjoint share of the shard list; resampled mode draws shards with replacement, as the reference's
-``ResampledShards``. ``samples_per_epoch`` fixes how many examples every slot draws per epoch (the
-``with_epoch`` of webdataset), so every rank runs the same number of steps however uneven the
-shards are: without it one rank could finish early and hang the others in a collective.
+``ResampledShards``. ``samples_per_epoch`` is the epoch length over all ranks and workers: each
+slot draws exactly ``samples_per_epoch // (ranks * workers)`` examples (webdataset's ``with_epoch``
+counts per worker instead), so every rank runs the same number of steps however uneven the shards
+are: without it one rank could finish early and hang the others in a collective.
 
 Shards are local files (a network filesystem mount is fine). Workers are re-created each epoch
 (do not use ``persistent_workers``: ``set_epoch`` would not reach them).
@@ -55,6 +56,7 @@ class StreamItem:
     slot: int
     epoch: int
     index: int
+    num_slots: int = 1
 
 
 def expand_shard_urls(urls: str | list[str]) -> list[str]:
@@ -118,7 +120,7 @@ class LaionShards(IterableDataset):
         self.clean_caption = CaptionCleaner(max_words, lowercase, strip_html)
         self.t2i_prob, self.decode_draft_size = t2i_prob, decode_draft_size
         self.epoch = 0
-        self._resume_epoch, self._resume_drawn = -1, {}
+        self._resume_epoch, self._resume_drawn, self._resume_slots = -1, {}, None
 
     # -- position ---------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -130,6 +132,7 @@ class LaionShards(IterableDataset):
         each slot had already handed out. Needs the same shards, seed, ranks and workers."""
         self.epoch = self._resume_epoch = int(state["epoch"])
         self._resume_drawn = {int(slot): int(n) for slot, n in state["drawn_per_slot"].items()}
+        self._resume_slots = state.get("num_slots")
 
     def slots(self) -> tuple[int, int]:
         """(this slot, number of slots) of the calling process: rank-major, worker-minor."""
@@ -149,7 +152,14 @@ class LaionShards(IterableDataset):
                 f"LaionShards: samples_per_epoch={self.samples_per_epoch} is less than one per slot "
                 f"({num_slots} = ranks x workers); raise it"
             )
-        already_drawn = self._resume_drawn.get(slot, 0) if epoch == self._resume_epoch else 0
+        already_drawn = 0
+        if epoch == self._resume_epoch:
+            if self._resume_slots not in (None, num_slots):
+                raise ValueError(
+                    f"LaionShards: the saved position is for {self._resume_slots} slots (ranks x workers), "
+                    f"this run has {num_slots}; resume with the same number of ranks and DataLoader workers"
+                )
+            already_drawn = self._resume_drawn.get(slot, 0)
         raw = self._raw_stream(slot, num_slots, order_rng, endless=quota is not None)
         if self.shuffle and self.shuffle_buffer > 1:
             raw = _shuffled(raw, self.shuffle_buffer, self.shuffle_initial, order_rng)
@@ -159,7 +169,7 @@ class LaionShards(IterableDataset):
             if index < already_drawn:  # replayed for exact resume, never decoded
                 continue
             item = entry if isinstance(entry, Skipped) else self._decode(entry, epoch, slot, index)
-            yield StreamItem(item, slot, epoch, index)
+            yield StreamItem(item, slot, epoch, index, num_slots)
 
     def _raw_stream(
         self, slot: int, num_slots: int, rng: random.Random, endless: bool

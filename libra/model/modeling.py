@@ -64,6 +64,17 @@ class LibraLinear(nn.Module):
         return F.linear(F.linear(x, self.weight_A), self.weight_B)
 
 
+def low_rank_group(x: torch.Tensor, layers: list[LibraLinear]) -> list[torch.Tensor]:
+    """[layer(x) for layer in layers], with the A factors stacked into one GEMM (spec P3).
+
+    Same math as calling each LibraLinear (B(A x)); one wide GEMM runs much better than several skinny
+    ones, and the stacked A is only (sum of ranks, in) large.
+    """
+    ranks = [layer.weight_A.shape[0] for layer in layers]
+    z = F.linear(x, torch.cat([layer.weight_A for layer in layers]))  # (n, sum of ranks)
+    return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
+
+
 @dataclass
 class Routing:
     """Which flattened positions are text and which are image tokens, computed once per forward.
@@ -161,16 +172,23 @@ class LibraAttention(nn.Module):
         B, N = routing.vision_mask.shape
         H, D = self.n_head, self.head_dim
         h_text, h_vision = routing.split(h)
-        q = torch.cat([self.q_proj(h_text), self.vision_q_proj(h_vision)])
-        k_text, k_vision = self.k_proj(h_text), self.vision_k_proj(h_vision)
-        v_text, v_vision = self.v_proj(h_text), self.vision_v_proj(h_vision)
+        q_text, k_text, v_text = self.q_proj(h_text), self.k_proj(h_text), self.v_proj(h_text)
+        # image rows: the A factors of q/k/v (and the bridges) share their input, so run them as one GEMM
+        vision = [self.vision_q_proj, self.vision_k_proj, self.vision_v_proj]
         if self.use_bridge:
+            vision += [self.vision_k_bridge_on_vision, self.vision_v_bridge_on_vision]
+        q_vision, k_vision, v_vision, *bridge_vision = low_rank_group(h_vision, vision)
+        q = torch.cat([q_text, q_vision])
+        if self.use_bridge:
+            kb_text, vb_text = low_rank_group(
+                h_text, [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
+            )
             # key/value set seen by image queries: text keys carry their bridge term
-            k_for_vision = torch.cat([k_text + self.vision_k_bridge_on_language(h_text), k_vision])
-            v_for_vision = torch.cat([v_text + self.vision_v_bridge_on_language(h_text), v_vision])
+            k_for_vision = torch.cat([k_text + kb_text, k_vision])
+            v_for_vision = torch.cat([v_text + vb_text, v_vision])
             # key/value set seen by text queries: image keys carry their bridge term
-            k_for_text = torch.cat([k_text, k_vision + self.vision_k_bridge_on_vision(h_vision)])
-            v_for_text = torch.cat([v_text, v_vision + self.vision_v_bridge_on_vision(h_vision)])
+            k_for_text = torch.cat([k_text, k_vision + bridge_vision[0]])
+            v_for_text = torch.cat([v_text, v_vision + bridge_vision[1]])
             qkv = torch.stack([q, k_for_vision, k_for_text, v_for_vision, v_for_text], dim=1)  # (B*N, 5, C)
         else:
             k, v = torch.cat([k_text, k_vision]), torch.cat([v_text, v_vision])
@@ -191,11 +209,19 @@ class LibraAttention(nn.Module):
         if not self.use_bridge:  # a single key/value set: the text pass already serves image queries
             out_vision = out_t.index_select(0, routing.perm[routing.n_text :])
         elif routing.n_text < B * N:
+            # image queries only need the columns [lo, hi) that hold them, against keys [0, past + hi)
+            lo, hi = attn.vision_span
+            end = k_v.shape[2] - (N - hi)
             out_v = F.scaled_dot_product_attention(
-                q, k_v, v_v, attn_mask=attn.mask, is_causal=attn.is_causal, dropout_p=dropout
-            )
-            out_v = out_v.transpose(1, 2).reshape(B * N, H * D)
-            out_vision = out_v.index_select(0, routing.perm[routing.n_text :])
+                q[:, :, lo:hi],
+                k_v[:, :, :end],
+                v_v[:, :, :end],
+                attn_mask=attn.vision_mask,
+                is_causal=attn.vision_is_causal,
+                dropout_p=dropout,
+            )  # (B, H, hi - lo, D)
+            out_v = out_v.transpose(1, 2).reshape(B * (hi - lo), H * D)
+            out_vision = out_v.index_select(0, attn.vision_rows)
         else:
             out_vision = out_t.new_zeros(0, H * D)
         return torch.cat([self.o_proj(out_text), self.vision_o_proj(out_vision)])
@@ -203,25 +229,52 @@ class LibraAttention(nn.Module):
 
 @dataclass
 class AttentionLayout:
-    """What SDPA needs to mask, built once per forward: either is_causal or a boolean (B, 1, N, P+N) mask."""
+    """What the two SDPA passes need, built once per forward and shared by every layer.
+
+    Text pass: all N queries, `is_causal` or a boolean (B, 1, N, P+N) mask. Image pass: only the query
+    columns [lo, hi) that contain image tokens (an image is one contiguous block, so for a long text
+    sample this pass is short), with `vision_rows` picking the image rows out of its (B * (hi - lo))
+    outputs in sorted order.
+    """
 
     mask: torch.Tensor | None
     is_causal: bool
+    vision_span: tuple[int, int]
+    vision_mask: torch.Tensor | None
+    vision_is_causal: bool
+    vision_rows: torch.Tensor | None
 
     @classmethod
-    def build(cls, attention_mask: torch.Tensor | None, n_new: int, n_past: int, left_padded: bool):
+    def build(cls, attention_mask, routing: Routing, n_past: int, left_padded: bool, vision_span):
+        B, N = routing.vision_mask.shape
+        device = routing.perm.device
+        lo, hi = vision_span
+        valid = attention_mask.bool() if attention_mask is not None else None
+
+        def mask_for(q_lo: int, q_hi: int):
+            q_pos = torch.arange(n_past + q_lo, n_past + q_hi, device=device)[:, None]
+            k_pos = torch.arange(n_past + q_hi, device=device)[None, :]
+            allowed = (k_pos <= q_pos)[None]  # (1, q, k)
+            if valid is not None:
+                allowed = allowed & valid[:, None, : n_past + q_hi]
+            # a padded query would otherwise see no key at all; letting it see itself avoids NaN rows
+            return (allowed | (k_pos == q_pos)[None])[:, None]  # (B or 1, 1, q, k)
+
         if n_past == 0 and not left_padded:
             # right padding only: real queries never see a padded key under the causal mask, and padded
             # query rows are never read (labels are -100 there), so no explicit mask is needed
-            return cls(mask=None, is_causal=n_new > 1)
-        total = n_past + n_new
-        device = attention_mask.device
-        q_pos = torch.arange(n_past, total, device=device)[:, None]
-        k_pos = torch.arange(total, device=device)[None, :]
-        allowed = (k_pos <= q_pos)[None] & attention_mask[:, None, :].bool()  # (B, N, P+N)
-        # a padded query would otherwise see no key at all; letting it see itself avoids NaN rows
-        allowed = allowed | (k_pos == q_pos)[None]
-        return cls(mask=allowed[:, None], is_causal=False)
+            mask, is_causal = None, N > 1
+        else:
+            mask, is_causal = mask_for(0, N), False
+        vision_mask, vision_is_causal, vision_rows = None, False, None
+        if routing.n_text < B * N:
+            if (lo, hi) == (0, N):
+                vision_mask, vision_is_causal = mask, is_causal
+            else:
+                vision_mask = mask_for(lo, hi)
+            flat = routing.perm[routing.n_text :]
+            vision_rows = flat // N * (hi - lo) + flat % N - lo
+        return cls(mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows)
 
 
 class LibraMLP(nn.Module):
@@ -240,9 +293,8 @@ class LibraMLP(nn.Module):
     def forward(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
         h_text, h_vision = routing.split(h)
         out_text = self.down_proj(F.silu(self.gate_proj(h_text)) * self.up_proj(h_text))
-        out_vision = self.vision_down_proj(
-            F.silu(self.vision_gate_proj(h_vision)) * self.vision_up_proj(h_vision)
-        )
+        gate, up = low_rank_group(h_vision, [self.vision_gate_proj, self.vision_up_proj])
+        out_vision = self.vision_down_proj(F.silu(gate) * up)
         return torch.cat([out_text, out_vision])
 
 
@@ -405,7 +457,7 @@ class LibraModel(LibraPreTrainedModel):
         K, B, N = input_ids.shape
         vision_mask = vision_indices < cfg.max_vision_token_length  # (B, N)
         # the one device-to-host read of the forward: routing size, input checks and padding side together
-        n_vision, left_padded = read_batch_facts(cfg, input_ids, vision_mask, attention_mask)
+        n_vision, left_padded, vision_span = read_batch_facts(cfg, input_ids, vision_mask, attention_mask)
         routing = Routing.from_vision_mask(vision_mask, n_vision)
 
         if use_cache and past_key_values is None:
@@ -419,7 +471,7 @@ class LibraModel(LibraPreTrainedModel):
             )
         if position_ids is None:
             position_ids = torch.arange(n_past, n_past + N, device=input_ids.device).expand(B, N)
-        attn = AttentionLayout.build(attention_mask, N, n_past, left_padded)
+        attn = AttentionLayout.build(attention_mask, routing, n_past, left_padded, vision_span)
 
         x = self.embed(input_ids, vision_indices, contiguous_signal, routing)  # (B*N, C) sorted
         rope = rope_cos_sin(position_ids, cfg.head_dim, x.dtype)
@@ -469,9 +521,10 @@ def check_inputs(cfg, input_ids, vision_indices, attention_mask, contiguous_sign
         )
 
 
-def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, bool]:
-    """(number of image slots, whether any row is left-padded), read in one sync; also checks that every
-    image slot holds a vision id (>= vocab_size) and every text slot a text id."""
+def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, bool, tuple[int, int]]:
+    """Number of image slots, whether any row is left-padded, and the column span [lo, hi) holding image
+    slots, read in one sync. Also checks that every image slot holds a vision id (>= vocab_size) and
+    every text slot a text id."""
     V, VV, M = cfg.vocab_size, cfg.vision_vocab_size, cfg.max_vision_token_length
     text_ids = input_ids[0]
     bad_text = (~vision_mask & ((text_ids < 0) | (text_ids >= V))).sum()
@@ -479,8 +532,12 @@ def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, 
     left_padded = torch.zeros((), dtype=torch.long, device=input_ids.device)
     if attention_mask is not None and attention_mask.shape[1] == vision_mask.shape[1]:
         left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).sum()
-    n_vision, bad_text, bad_vision, left_padded = torch.stack(
-        [vision_mask.sum(), bad_text, bad_vision, left_padded]
+    columns = vision_mask.any(0)  # (N,)
+    position = torch.arange(columns.numel(), device=columns.device)
+    lo = torch.where(columns, position, columns.numel()).min()
+    hi = torch.where(columns, position + 1, 0).max()
+    n_vision, bad_text, bad_vision, left_padded, lo, hi = torch.stack(
+        [vision_mask.sum(), bad_text, bad_vision, left_padded, lo, hi]
     ).tolist()
     if bad_text:
         raise ValueError(
@@ -492,7 +549,7 @@ def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, 
             f"input_ids: {bad_vision} entries at image slots (vision_indices < {M}) are not vision ids in "
             f"[{V}, {V + VV}); check that vision_indices and input_ids describe the same images."
         )
-    return n_vision, left_padded > 0
+    return n_vision, left_padded > 0, (lo, hi)
 
 
 class LibraVisionHead(nn.Module):

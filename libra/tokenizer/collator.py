@@ -53,7 +53,9 @@ class TextBatch:
     image_slot: torch.Tensor  # (B, N) int64
     label_mask: torch.Tensor | None  # (B, N) bool: positions that are targets; None for prompts
     hide_features: torch.Tensor  # (n,) bool: zero this image's CLIP features (contiguous_ignore_sign)
-    pixel_values: torch.Tensor | None  # (n_pix, 3, R, R) float32
+    # (n_pix, 3, R, R): uint8 straight from the workers' resize/crop (``to_model_inputs`` normalises
+    # it on the device), or float32 CLIP-normalised when some image came normalised already
+    pixel_values: torch.Tensor | None
     pixel_slots: torch.Tensor  # (n_pix,) int64
     cached_indices: torch.Tensor | None = None  # (n_cached, g*g, K) int64
     cached_features: torch.Tensor | None = None  # (n_cached, g*g, F)
@@ -322,10 +324,12 @@ class LibraCollator:
     def _attach_images(self, batch: TextBatch, images: list) -> None:
         pixels, pixel_slots, cached, cached_slots, cache_keys = [], [], [], [], []
         for slot, (image, key) in enumerate(images):
-            tensor = self.preprocessor.ensure_pixels(image, key)
+            tensor = self.preprocessor.worker_pixels(image, key)
             cache_key = None
             if self.token_cache is not None:
-                cache_key = image_cache_key(tensor, self.cache_namespace)
+                # keyed by the normalised float32 pixels, as it was before workers shipped uint8, so
+                # caches written earlier stay valid and a float tensor input hits the same entry
+                cache_key = image_cache_key(self._normalised(tensor), self.cache_namespace)
                 hit = self.token_cache.load(cache_key)
                 if hit is not None:
                     cached.append(hit)
@@ -337,12 +341,17 @@ class LibraCollator:
             pixel_slots.append(slot)
         batch.cache_keys = cache_keys
         if pixels:
+            if any(p.dtype != torch.uint8 for p in pixels):  # one dtype per batch: float wins
+                pixels = [self._normalised(p) for p in pixels]
             batch.pixel_values = torch.stack(pixels)
             batch.pixel_slots = torch.tensor(pixel_slots, dtype=torch.long)
         if cached:
             batch.cached_indices = torch.stack([c.indices for c in cached])
             batch.cached_features = torch.stack([c.features for c in cached])
             batch.cached_slots = torch.tensor(cached_slots, dtype=torch.long)
+
+    def _normalised(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.preprocessor.normalize(pixels) if pixels.dtype == torch.uint8 else pixels
 
 
 def _char_to_token(offsets: list[tuple[int, int]], char: int) -> int:

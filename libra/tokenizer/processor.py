@@ -3,11 +3,11 @@
 Two halves, so the expensive part runs where it belongs:
 
 * CPU, in DataLoader workers: ``processor.collator(samples)`` → :class:`TextBatch` (text ids with
-  image slots, attention mask, vision indices, label mask, preprocessed pixels or cached tokens).
-* device, inside the step: ``processor.to_model_inputs(batch)`` runs the frozen vision tokenizer
-  batched and returns the model inputs dict ``input_ids (K,B,N)``, ``attention_mask (B,N)``,
-  ``vision_indices (B,N)``, ``contiguous_signal (B,N,F) | None`` and, for training batches,
-  ``labels (K,B,N)`` with -100.
+  image slots, attention mask, vision indices, label mask, uint8 pixels or cached tokens).
+* device, inside the step: ``processor.to_model_inputs(batch)`` normalises the pixels and runs the
+  frozen vision tokenizer, both batched, and returns the model inputs dict ``input_ids (K,B,N)``,
+  ``attention_mask (B,N)``, ``vision_indices (B,N)``, ``contiguous_signal (B,N,F) | None`` and, for
+  training batches, ``labels (K,B,N)`` with -100.
 
 ``processor(samples)`` does both (eval, chat). ``decode`` turns generated ids back into text and
 image-code spans; ``images_to_pil`` renders spans through the pixel decoder.
@@ -159,7 +159,10 @@ class LibraProcessor:
         )
         features = torch.zeros((n, self.vocab.num_patches, vt.feature_size), dtype=vt.dtype, device=vt.device)
         if batch.pixel_values is not None:
-            tokens = vt.encode(batch.pixel_values)
+            pixels = batch.pixel_values
+            if pixels.dtype == torch.uint8:  # workers ship uint8; normalised here, batched, on the device
+                pixels = self.preprocessor.normalize(pixels.to(vt.device, non_blocking=True))
+            tokens = vt.encode(pixels)
             slots = batch.pixel_slots.to(vt.device)
             indices[slots], features[slots] = tokens.indices, tokens.features
             if self.token_cache is not None:

@@ -1,21 +1,20 @@
 """Two trivial baselines that the tiny run must beat by a margin: proof that the model looks at images.
 
-* VQA: answer every question with the most frequent answer of the training questions.
-* Captioning: give every image the most frequent training caption.
+* VQA: every question gets the most frequent answer of the training questions.
+* Captioning: every image gets the most frequent training caption.
 
-Both are scored with the benchmark's own metric code on exactly the evaluated items, so the numbers
-sit next to the model's in `metrics.json` like for like.
+A baseline is a constant prediction scored by the benchmark task itself, on exactly the evaluated
+items, so its numbers sit next to the model's in `metrics.json` like for like. "Training" is the
+task's own `train` split (the synthetic set has one for every benchmark split).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from libra.benchmark.caption_metrics import score_captions
-from libra.benchmark.files import load_caption_references, load_vqa_annotations
-from libra.benchmark.vqa_accuracy import evaluate_vqa
+from hydra.utils import instantiate
 
 
 def most_frequent(values: Iterable[str]) -> str:
@@ -26,20 +25,17 @@ def most_frequent(values: Iterable[str]) -> str:
     return min(counts.items(), key=lambda item: (-item[1], item[0]))[0]
 
 
-def vqa_majority_baseline(
-    train_annotations_file: str, eval_annotations: Sequence[Mapping[str, Any]], processor: str = "official"
-) -> tuple[str, float]:
-    """(answer, accuracy x100) of always giving the most frequent training answer."""
-    answer = most_frequent(a["multiple_choice_answer"] for a in load_vqa_annotations(train_annotations_file))
-    result = evaluate_vqa(eval_annotations, {a["question_id"]: answer for a in eval_annotations}, processor)
-    return answer, result.overall_unrounded
+def majority_prediction(task_cfg: Mapping[str, Any]) -> str:
+    """The most frequent training reference: per training item its majority reference (the VQA
+    "multiple choice answer"; the one caption of a training image), then the mode over items."""
+    train_task = instantiate(task_cfg, split="train", max_items=None)
+    return most_frequent(most_frequent(item.references) for item in train_task.items() if item.references)
 
 
-def caption_majority_baseline(
-    train_captions_file: str, references: Mapping[Any, Sequence[str]], metrics: Sequence[str]
-) -> tuple[str, dict[str, float]]:
-    """(caption, scores) of always giving the most frequent training caption."""
-    train = load_caption_references(train_captions_file)
-    caption = most_frequent(c for captions in train.values() for c in captions)
-    result = score_captions(references, {image: caption for image in references}, metrics=metrics)
-    return caption, {k: v for k, v in result.overall.items() if v is not None}
+def majority_baseline(task_cfg: Mapping[str, Any]) -> tuple[str, dict[str, float]]:
+    """(constant prediction, headline scores) of the majority baseline on the task's evaluated items."""
+    constant = majority_prediction(task_cfg)
+    task = instantiate(task_cfg)
+    items = task.items()
+    metrics, _ = task.score(items, {item.id: constant for item in items})
+    return constant, task.headline(metrics)

@@ -9,8 +9,8 @@ Differences from the official trainer, on purpose: gradient clipping in every st
 decay only on matrices and a working `llm_lr_scale` (B22, optim.py), and an export that
 `from_pretrained` loads, so stage 1 feeds stage 2 directly (B4, B5; export.py).
 
-Launch (see README): `python run.py` (one process), `python run.py cluster=torchrun` or
-`torchrun --nproc-per-node 8 run.py ...` (many), `python run.py cluster=slurm ...` (many nodes).
+Launch (see README): `python run.py` (one process), `python run.py cluster=torchrun
+cluster.gpus_per_node=8` (one machine), `python run.py cluster=slurm cluster.nodes=5` (many machines).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from libra.data.batching import DataBatch, ReaderCollator, ReaderState
 from libra.data.samplers import ResumableSampler
 from libra.tracking import build_logger
 
+from .baselines import majority_baseline
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .deepspeed_config import deepspeed_config, write_deepspeed_config
 from .export import export_pretrained, export_requested
@@ -105,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
+    processor.to(engine.device)  # the frozen vision tokenizer runs inside the step, next to the model
 
     state = TrainState()
     checkpoint = resolve_resume(cfg.resume, run_dir)
@@ -163,7 +165,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "train/loss": sums[0].item() / (accumulation * world_size),
                 "train/loss_text": sums[1].item() / (accumulation * world_size),
                 "train/loss_image": sums[2].item() / (accumulation * world_size),
-                "train/lr": scheduler.get_last_lr()[-1],
+                "train/lr": scheduler.get_last_lr()[0],  # group 0 is a vision group: the base lr
                 "train/grad_norm": grad_norm if grad_norm is not None else _grad_norm(engine),
                 "perf/step_time": step_time,
                 "perf/tokens_per_s": tokens / step_time,
@@ -189,6 +191,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if t.checkpoint_every > 0 and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
             state.data = reader.state_dict()
             save_checkpoint(engine, state, run_dir, t.keep_last)
+        if t.benchmark_every > 0 and state.step % t.benchmark_every == 0 and state.step < t.max_steps:
+            scores = benchmark_during_training(cfg, engine, processor, logger, run_dir, state.step)
+            logger.log(scores, state.step)
+            engine.train()
         if export_requested(run_dir):  # `touch <run dir>/EXPORT_NOW`: a loadable folder mid-run
             export_pretrained(engine, processor, run_dir / f"export_step_{state.step:06d}")
     progress.close()
@@ -200,9 +206,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     results: dict[str, float] = {}
     if val_set is not None:
         results.update(evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches))
-    if rank == 0 and cfg.get("benchmark") is not None and t.benchmark_at_end:
-        results.update(run_benchmark(cfg, export_dir, train_set, run_dir))
-        logger.log(results, state.step)
+    if cfg.get("benchmark") is not None and t.benchmark_at_end:
+        del engine, optimizer  # the benchmark loads the export; free the training copy first
+        results.update(run_benchmark(cfg, export_dir, run_dir))  # every rank generates its shard
+    logger.log(results, state.step)
     logger.finish()
     return results if rank == 0 else {}
 
@@ -246,13 +253,47 @@ def evaluate_loss(engine, processor, dataset, micro_batch_size: int, max_batches
     }
 
 
-def run_benchmark(cfg: DictConfig, checkpoint: Path, train_set, run_dir: Path) -> dict[str, float]:
-    """Benchmark the export with `libra.benchmark.evaluate`; add the trivial baselines; write metrics.json."""
-    from libra.benchmark import evaluate
+def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_dir: Path, step: int) -> dict:
+    """A small benchmark on the live model: the first `trainer.benchmark_items` items of each task."""
+    from libra.benchmark.runner import run_task
+
+    if engine.zero_optimization_stage() == 3:
+        # ranks would generate different numbers of tokens, hence run different numbers of ZeRO-3
+        # parameter gathers, and wait for each other forever
+        raise ValueError(
+            "trainer.benchmark_every > 0 is not supported with ZeRO-3; set trainer.benchmark_every=0"
+        )
+    engine.eval()
+    scores = {}
+    for name, task_cfg in cfg.benchmark.items():
+        task = instantiate(task_cfg, max_items=cfg.trainer.benchmark_items)
+        out_dir = run_dir / "benchmark_during_training" / f"step_{step:06d}" / name
+        headline, rows = run_task(name, task, engine.module, processor, out_dir)
+        scores.update({f"benchmark/{name}/{k}": float(v) for k, v in headline.items()})
+        if rows:
+            columns = ["image", "prompt", "prediction", "references", "score"]
+            logger.log_table(f"benchmark/{name}/samples", columns, rows, step)
+    return scores
+
+
+def run_benchmark(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dict[str, float]:
+    """Benchmark the export (`libra.benchmark.evaluate`), score the majority baselines on the same
+    items, write `<run dir>/metrics.json` and print both side by side."""
+    from libra.benchmark.runner import evaluate
 
     bench_cfg = OmegaConf.merge(cfg, {"checkpoint": str(checkpoint), "run_dir": str(run_dir / "benchmark")})
-    scores = evaluate(bench_cfg)
-    results = {k if k.startswith("benchmark/") else f"benchmark/{k}": float(v) for k, v in scores.items()}
+    results = dict(evaluate(bench_cfg))
+    if dist.get_rank() != 0:
+        return {}
+    lines = [f"{'metric':<40} {'model':>9} {'baseline':>9}"]
+    for name, task_cfg in cfg.benchmark.items():
+        constant, scores = majority_baseline(task_cfg)
+        for metric, value in scores.items():
+            results[f"baseline/{name}/{metric}"] = float(value)
+            model_value = results.get(f"benchmark/{name}/{metric}", float("nan"))
+            lines.append(f"{name + '/' + metric:<40} {model_value:>9.3f} {value:>9.3f}")
+        lines.append(f"  (baseline answer for {name}: {constant!r})")
+    print("\n".join(lines), flush=True)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 from PIL import Image
@@ -13,8 +15,11 @@ from libra.data.llava_instruct import LlavaInstructions
 from libra.data.samplers import ResumableSampler
 from libra.data.skips import Skipped
 from libra.data.synthetic import synthetic_dataset
+from libra.data.synthetic_readers import synthetic_vqa
 from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.samples import CaptionSample, ConversationSample, Turn
+
+from .conftest import encode, laion_sample, write_shard
 
 TINY_FOLDER = "tests/data/vision_tokenizer_tiny/model"
 
@@ -70,3 +75,22 @@ def test_a_sample_the_processor_refuses_is_dropped_and_counted(processor):
 def test_all_skipped_gives_an_empty_batch():
     batch = ReaderCollator(processor=None)([Skipped("corrupt_image", "k")])
     assert (batch.inputs, batch.num_samples, batch.drawn) == (None, 0, 1)
+
+
+def test_real_photos_and_vqa_prompts_through_the_processor(processor, tmp_path, photos):
+    names = ["astronaut", "chelsea", "coffee", "camera"]
+    write_shard(tmp_path / "00000.tar", [laion_sample(n, photos[n], f"a photo of {n}") for n in names])
+    reader = LaionShards(str(tmp_path / "00000.tar"), image_transform=processor.preprocessor, shuffle=False)
+    batch = next(iter(DataLoader(reader, batch_size=4, collate_fn=ReaderCollator(processor.collator))))
+    # the same JPEG bytes through the preprocessor directly: the reader adds nothing to the pixels
+    expected = torch.stack([processor.preprocessor(encode(photos[n])) for n in names])
+    assert torch.equal(batch.inputs.pixel_values, expected)
+    assert batch.inputs.keys == [f"00000.tar/{n}" for n in names]
+
+    # benchmark prompts: VQA samples are rendered as generation prompts (left padded, no labels)
+    generator = dict(train_images=2, val_images=1, test_images=3)
+    vqa = synthetic_vqa(tmp_path / "cache", "test", generator=generator)
+    prompts = ReaderCollator(partial(processor.collator, generation=True))([vqa[i] for i in range(len(vqa))])
+    assert prompts.num_samples == 9 and prompts.inputs.label_mask is None
+    assert prompts.inputs.pixel_values.shape == (9, 3, 56, 56)
+    assert (prompts.inputs.attention_mask[:, -1] == 1).all()  # left padding: every prompt ends at the edge

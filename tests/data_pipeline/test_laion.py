@@ -174,6 +174,11 @@ def test_restored_state_continues_exactly(tmp_path):
     again = ReaderState()
     again.load_state_dict(saved)
     assert again.state_dict() == state.state_dict()
+    assert saved["num_slots"] == 2
+    one_worker = LaionShards(urls, **settings)
+    one_worker.load_state_dict(saved)
+    with pytest.raises(ValueError, match="saved position is for 2 slots .* this run has 1"):
+        next(iter(one_worker))
 
 
 def test_extreme_shape_forces_image_to_text(tmp_path):

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from libra.data import synthetic
 from libra.data.coco_karpathy import KarpathyCaptions
 from libra.data.laion import LaionShards
 from libra.data.llava_instruct import LlavaInstructions
@@ -118,3 +119,16 @@ PINNED_TEST_QUESTION = {
     "question": "what color is the background?",
     "question_id": 2000010,
 }
+
+
+def test_a_concurrent_writer_finishing_first_is_fine(tmp_path, monkeypatch):
+    real = synthetic._write_dataset
+
+    def racing(temporary, config):
+        real(temporary.with_name(temporary.name.split(".tmp-")[0]), config)  # another rank wins
+        real(temporary, config)
+
+    monkeypatch.setattr(synthetic, "_write_dataset", racing)
+    layout = synthetic_dataset(tmp_path, train_images=2, val_images=1, test_images=1)
+    assert [p.name for p in tmp_path.iterdir()] == [layout.folder.name]  # our temporary copy is gone
+    assert layout.meta["splits"]["test"]["questions"] == 3

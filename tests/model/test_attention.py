@@ -48,11 +48,18 @@ def naive_bridge_attention(attn, h, vision, attention_mask, pos):
     return route(o, attn.o_proj, attn.vision_o_proj)
 
 
-def _batch(left_padding: bool, seed: int = 0):
+SPANS = {
+    # image columns reach both ends: the image pass covers every query column
+    "wide": [[(3, 9), (15, 20), (30, 36)], [(0, 6), (20, 33)], [(5, 7), (10, 12), (14, 16), (25, 40)]],
+    # images only inside columns [5, 29): the image pass runs on that slice with an offset causal mask
+    "narrow": [[(5, 9), (12, 20)], [(6, 10)], [(8, 12), (20, 29)]],
+}
+
+
+def _batch(left_padding: bool, spans, seed: int = 0):
     """Random modality layout with several image spans per row and padding on one side."""
     g = torch.Generator().manual_seed(seed)
     vision = torch.zeros(B, N, dtype=torch.bool)
-    spans = [[(3, 9), (15, 20), (30, 36)], [(0, 6), (20, 33)], [(5, 7), (10, 12), (14, 16), (25, 40)]]
     for b, row in enumerate(spans):
         for s, e in row:
             vision[b, s:e] = True
@@ -67,16 +74,20 @@ def _batch(left_padding: bool, seed: int = 0):
     return torch.randn(B, N, C, generator=g), vision, mask, pos
 
 
+@pytest.mark.parametrize("layout", sorted(SPANS))
 @pytest.mark.parametrize("left_padding", [False, True])
-def test_fused_attention_matches_naive(left_padding):
+def test_fused_attention_matches_naive(left_padding, layout):
     torch.manual_seed(0)
     cfg = LibraConfig(hidden_size=C, num_attention_heads=H, intermediate_size=64, vocab_size=64)
     attn = LibraAttention(cfg, layer_idx=0)
     for p in attn.parameters():  # every path non-zero, bridges included
         torch.nn.init.normal_(p, std=0.2)
-    h, vision, mask, pos = _batch(left_padding)
+    h, vision, mask, pos = _batch(left_padding, SPANS[layout])
     routing = Routing.from_vision_mask(vision)
-    layout = AttentionLayout.build(mask, N, 0, left_padded=left_padding)
+    columns = vision.any(0).nonzero()
+    span = (int(columns.min()), int(columns.max()) + 1)
+    assert (span == (0, N)) == (layout == "wide")
+    layout = AttentionLayout.build(mask, routing, 0, left_padding, span)
     with torch.no_grad():
         fused = routing.to_sequence(
             attn(routing.to_sorted(h), routing, rope_cos_sin(pos, C // H, h.dtype), layout, None), B

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 from skimage import data
 
-from libra.tokenizer.image_processing import ImageError, ImagePreprocessor
+from libra.tokenizer.image_processing import (
+    ImageError,
+    ImagePreprocessor,
+    apply_exif_orientation,
+    open_image,
+    pad_to_square,
+    padded_square_resize,
+)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 VT_DIR = DATA_DIR / "vision_tokenizer_tiny"
@@ -73,3 +80,107 @@ def test_bad_images_raise_clear_errors(tmp_path):
         pre(tmp_path / "missing.png")
     with pytest.raises(ImageError, match=r"bad-tensor.*\(3, 56, 56\)"):
         pre.ensure_pixels(torch.zeros(3, 32, 32), key="bad-tensor")
+
+
+# ---- the worker half (uint8) + the device half (normalize) against the float arithmetic ----------
+
+
+def _float_reference(pre: ImagePreprocessor, image: Image.Image) -> torch.Tensor:
+    """The preprocessing as written before the uint8 split: pad canvas, one resize, crop, then
+    rescale in float64, cast to float32, normalise in float32 (CLIPImageProcessor's op order)."""
+    if pre.pad_to_square:
+        image = pad_to_square(image, pre.pad_colour)
+    w, h = image.size
+    new_long = int(pre.size * max(w, h) / min(w, h))
+    new_size = (pre.size, new_long) if w <= h else (new_long, pre.size)
+    if new_size != (w, h):
+        image = image.resize(new_size, resample=Image.BICUBIC)
+    pixels = np.asarray(image, dtype=np.uint8)
+    top, left = (pixels.shape[0] - pre.size) // 2, (pixels.shape[1] - pre.size) // 2
+    pixels = pixels[top : top + pre.size, left : left + pre.size]
+    scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+    normalised = (scaled - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+
+def _photo_crops() -> list[Image.Image]:
+    """Real photos (colour and greyscale) cut to landscape, portrait and square shapes."""
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.camera(), data.coins()]
+    crops = []
+    for array in photos:
+        image = Image.fromarray(array).convert("RGB")
+        w, h = image.size
+        for box in [(0, 0, w, h), (3, 5, w - 7, h * 2 // 3), (w // 5, 1, w // 5 + h // 2, h - 1)]:
+            crops.append(image.crop(box))
+    return crops
+
+
+@pytest.mark.parametrize("size", [56, 336])
+@pytest.mark.parametrize("pad", [True, False])
+def test_uint8_then_normalize_is_the_float_arithmetic_bit_for_bit(size, pad):
+    pre = ImagePreprocessor(size=size, pad_to_square=pad)
+    crops = _photo_crops()
+    shapes = {"wide" if c.width > c.height else "tall" if c.width < c.height else "square" for c in crops}
+    assert shapes == {"wide", "tall", "square"}
+    uint8 = torch.stack([pre.to_uint8(c) for c in crops])
+    assert uint8.dtype == torch.uint8 and uint8.shape == (len(crops), 3, size, size)
+    expected = torch.stack([_float_reference(pre, c) for c in crops])
+    assert torch.equal(pre.normalize(uint8), expected)  # batched, as the device side runs it
+    assert torch.equal(torch.stack([pre(c) for c in crops]), expected)  # __call__ keeps its contract
+
+
+@pytest.mark.parametrize("pad, name", [(True, "pixel_values_pad"), (False, "pixel_values_nopad")])
+def test_uint8_path_reproduces_the_fixture_pixels(vt_expected, pad, name):
+    pre = ImagePreprocessor.from_clip_folder(CLIP_DIR, pad_to_square=pad)
+    paths = [VT_DIR / "images" / f"{n}.png" for n in IMAGE_NAMES]
+    uint8 = torch.stack([pre.to_uint8(p) for p in paths])
+    pixels = pre.normalize(uint8)
+    assert (pixels - vt_expected[name]).abs().max() <= 1e-6
+    reference = torch.stack([_float_reference(pre, open_image(p)) for p in paths])
+    assert torch.equal(pixels, reference) and torch.equal(pre.batch(uint8), reference)
+
+
+def test_padded_square_resize_is_pad_then_resize():
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(data.coffee())
+    colour = ImagePreprocessor().pad_colour
+    cases = [
+        (56, 30, 56),
+        (56, 80, 56),
+        (90, 90, 56),
+        (300, 2, 336),
+        (7, 3, 17),
+    ]  # w == size, tall, square ...
+    cases += [
+        (int(rng.integers(2, 400)), int(rng.integers(1, 400)), int(s)) for s in rng.choice([17, 56, 336], 80)
+    ]
+    for w, h, size in cases:
+        image = photo.resize((w, h))
+        expected = np.asarray(pad_to_square(image, colour).resize((size, size), Image.BICUBIC))
+        assert np.array_equal(np.asarray(padded_square_resize(image, colour, size)), expected), (w, h, size)
+
+
+def test_normalisation_table_matches_the_arithmetic_for_every_level():
+    for pre in (ImagePreprocessor(), ImagePreprocessor(mean=(0.5, 0.25, 0.1), std=(0.3, 0.7, 0.123))):
+        levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 256).expand(3, 2, 256).contiguous()
+        scaled = (levels.numpy().astype(np.float64) * (1 / 255)).astype(np.float32)
+        mean = np.asarray(pre.mean, np.float32).reshape(3, 1, 1)
+        std = np.asarray(pre.std, np.float32).reshape(3, 1, 1)
+        assert torch.equal(pre.normalize(levels), torch.from_numpy((scaled - mean) / std))
+
+
+def test_tensor_inputs_and_normalize_errors():
+    pre = ImagePreprocessor(size=56)
+    uint8 = pre.to_uint8(Image.fromarray(data.chelsea()))
+    assert pre.worker_pixels(uint8) is uint8  # already the worker form: shipped as it is
+    assert torch.equal(pre.ensure_pixels(uint8), pre.normalize(uint8))
+    assert pre.ensure_pixels(pre.normalize(uint8)).dtype == torch.float32
+    with pytest.raises(TypeError, match="uint8"):
+        pre.normalize(uint8.float())
+    with pytest.raises(ValueError, match=r"\(\.\.\., 3, H, W\)"):
+        pre.normalize(uint8[:2])
+
+
+def test_images_without_orientation_are_not_copied():
+    image = Image.fromarray(data.chelsea())
+    assert apply_exif_orientation(image) is image

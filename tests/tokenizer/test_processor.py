@@ -56,7 +56,9 @@ def test_instruction_v1(processor, proc_expected):
     samples = _conversations()
     _check(proc_expected, "instruction", processor(samples))
     batch = processor.collator(samples)
-    assert (batch.pixel_values - proc_expected["instruction.pixel_values"]).abs().max() <= 1e-6
+    assert batch.pixel_values.dtype == torch.uint8  # workers ship uint8; to_model_inputs normalises
+    pixels = processor.preprocessor.normalize(batch.pixel_values)
+    assert (pixels - proc_expected["instruction.pixel_values"]).abs().max() <= 1e-6
     # text-only: same ids/labels; we return no signal instead of the reference's all-zero one
     out = processor(samples[2:])
     _check(proc_expected, "instruction_text_only", out)
@@ -222,3 +224,23 @@ def test_collator_pickles_for_dataloader_workers(processor):
     for key in ("text_ids", "attention_mask", "vision_indices", "image_slot", "label_mask", "pixel_values"):
         assert torch.equal(getattr(a, key), getattr(b, key)), key
     assert not hasattr(clone, "vision_tokenizer")  # workers never get the CLIP weights
+
+
+def test_uint8_batches_give_the_inputs_of_float_batches(processor):
+    samples = _conversations()
+    uint8 = processor.collator(samples)
+    assert uint8.pixel_values.dtype == torch.uint8
+    # the same images handed over already normalised: a float batch, as before the uint8 split
+    normalised = [
+        ConversationSample(s.turns, [processor.preprocessor(im) for im in s.images], key=s.key)
+        for s in samples
+    ]
+    floats = processor.collator(normalised)
+    assert floats.pixel_values.dtype == torch.float32
+    assert torch.equal(processor.preprocessor.normalize(uint8.pixel_values), floats.pixel_values)
+    # one normalised image in the batch makes the whole batch float, with the same values
+    mixed = processor.collator([normalised[0], *samples[1:]])
+    assert torch.equal(mixed.pixel_values, floats.pixel_values)
+    a, b = processor.to_model_inputs(uint8), processor.to_model_inputs(floats)
+    for key in ("input_ids", "attention_mask", "vision_indices", "labels", "contiguous_signal"):
+        assert torch.equal(a[key], b[key]), key

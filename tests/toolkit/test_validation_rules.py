@@ -150,3 +150,17 @@ def test_stage_two_start_folder_is_checked(tmp_path, data_dir):
 def test_folder_without_model_is_refused(tmp_path):
     msg = _problems(_cfg(task="benchmark", checkpoint=str(tmp_path)))
     assert "is not a Libra checkpoint folder (no config.json)" in msg
+
+
+def test_benchmark_precision_follows_training():
+    msg = _problems(_cfg(benchmark__precision="bf16"))
+    assert "benchmark.precision: 'bf16' differs from trainer.precision='fp32'" in msg
+    assert "fix: benchmark.precision=fp32" in msg
+    validate(_cfg(benchmark__precision="fp32"))
+
+
+def test_interpolation_to_a_key_of_another_choice_is_named():
+    cfg = _cfg()
+    cfg.tokenizer = {"cache_dir": "${data.cache_dir}"}
+    msg = _problems(cfg)
+    assert "tokenizer.cache_dir: ${data.cache_dir} does not resolve" in msg

@@ -54,6 +54,7 @@ def tiny_train_config(run_dir: Path, cache_dir: Path, deepspeed: str = "stage0",
         "eval_batches": 2,
         "checkpoint_every": 0,
         "benchmark_at_end": False,
+        "benchmark_every": 0,
         "peak_flops_per_device": 1.0e11,
     }
     cfg = OmegaConf.create(

@@ -100,3 +100,53 @@ def _initial(cfg) -> dict[str, torch.Tensor]:
     processor = instantiate(cfg.tokenizer)
     seed_everything(cfg.seed)
     return instantiate(cfg.model)(processor).state_dict()
+
+
+def test_benchmark_during_and_after_training_with_baselines(tmp_path, tiny_cache):
+    from conftest import CONF
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "run"
+    cfg = tiny_train_config(run, tiny_cache, max_steps=2, benchmark_every=1, benchmark_items=3)
+    cfg.trainer.benchmark_at_end = True
+    cfg.benchmark = OmegaConf.merge(
+        OmegaConf.load(CONF / "benchmark" / "synthetic_vqa.yaml"),
+        OmegaConf.load(CONF / "benchmark" / "synthetic_caption.yaml"),
+    )
+    for task in cfg.benchmark.values():
+        task.max_items, task.batch_size = 4, 4
+        task.metrics = ["CIDEr"] if "metrics" in task else None
+        if task.metrics is None:
+            del task["metrics"]
+    train(cfg)
+    during = [r for r in read_metrics(run / "metrics.jsonl") if "benchmark/synthetic_vqa/accuracy" in r]
+    assert [r["step"] for r in during][:1] == [1]  # the small benchmark ran on the live model
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {
+        "benchmark/synthetic_vqa/accuracy",
+        "baseline/synthetic_vqa/accuracy",
+        "benchmark/synthetic_caption/CIDEr",
+        "baseline/synthetic_caption/CIDEr",
+    }
+    assert 0.0 <= metrics["baseline/synthetic_vqa/accuracy"] <= 100.0
+    assert metrics["baseline/synthetic_caption/CIDEr"] >= 0.0
+    # the VQA baseline's constant is the commonest training answer, scored on the same 4 questions
+    from collections import Counter
+
+    from libra.data.synthetic import synthetic_dataset
+    from libra.train.baselines import majority_prediction, most_frequent
+
+    layout = synthetic_dataset(tiny_cache, **cfg.data.synthetic)
+    train_answers = json.loads(layout.vqa_annotations_file("train").read_text())["annotations"]
+    counts = Counter(most_frequent(a["answer"] for a in ann["answers"]) for ann in train_answers)
+    top = max(counts.values())
+    assert majority_prediction(cfg.benchmark.synthetic_vqa) == min(a for a, c in counts.items() if c == top)
+    test_answers = json.loads(layout.vqa_annotations_file("test").read_text())["annotations"][:4]
+    constant = majority_prediction(cfg.benchmark.synthetic_vqa)
+    expected = (
+        100
+        * sum(min(1.0, [a["answer"] for a in ann["answers"]].count(constant) / 3) for ann in test_answers)
+        / 4
+    )
+    assert metrics["baseline/synthetic_vqa/accuracy"] == pytest.approx(expected, abs=10.0)
+    assert (run / "benchmark" / "synthetic_vqa" / "predictions.json").is_file()

@@ -1,0 +1,205 @@
+"""run.py end to end on the tiny model (slow): a 2-job multirun read back from its W&B offline files,
+then task=chat and task=generate on the exported checkpoint of one of its jobs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from libra import tracking
+from libra.validation import ConfigError, validate
+
+from .conftest import compose_config, run_py
+from .wandb_files import offline_runs
+
+# One optimizer step of two samples, no benchmark: what every run test needs, as fast as it goes.
+ONE_STEP = [
+    "trainer.max_steps=1",
+    "trainer.global_batch_size=2",
+    "trainer.micro_batch_size=2",
+    "trainer.log_every=1",
+    "trainer.eval_batches=1",
+    "trainer.num_workers=0",
+    "trainer.benchmark_at_end=false",
+    # a small synthetic set: generating it and training the tiny tokenizer on it takes seconds
+    "data.synthetic.train_images=48",
+    "data.synthetic.val_images=8",
+    "data.synthetic.test_images=8",
+    "data.synthetic.images_per_shard=48",
+]
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory) -> dict:
+    """One synthetic-data / tiny-tokenizer cache for every run of this module."""
+    return {"LIBRA_CACHE_DIR": str(tmp_path_factory.mktemp("libra-cache"))}
+
+
+@pytest.fixture(scope="module")
+def multirun(tmp_path_factory, cache_env) -> Path:
+    """``python run.py -m ... optimizer.lr=1e-3,3e-3``: the sweep dir of its two jobs."""
+    cwd = tmp_path_factory.mktemp("multirun")
+    result = run_py(["-m", *ONE_STEP, "optimizer.lr=1e-3,3e-3"], cwd=cwd, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (sweep_dir,) = (cwd / "multirun" / "tiny").iterdir()
+    return sweep_dir
+
+
+@pytest.mark.slow
+def test_multirun_gives_one_wandb_run_per_job_in_one_group(multirun):
+    runs = offline_runs(multirun)
+    assert len(runs) == 2
+    assert {r.group for r in runs} == {"tiny"} and {r.job_type for r in runs} == {"train"}
+    assert len({r.run_id for r in runs}) == 2
+    by_lr = {r.config["optimizer"]["lr"]: r for r in runs}
+    assert sorted(by_lr) == [1e-3, 3e-3]
+    for job, lr in ((0, 1e-3), (1, 3e-3)):
+        run = by_lr[lr]
+        assert run.exit_code == 0
+        assert run.config["run_dir"] == str(multirun / str(job))  # the resolved config, not ${hydra:...}
+        assert run.config["trainer"]["max_steps"] == 1 and "tiny" in run.tags
+        # the same numbers as the run's metrics.jsonl
+        jsonl = tracking.read_metrics(multirun / str(job) / "metrics.jsonl")
+        train_records = [r for r in jsonl if "train/loss" in r]
+        wandb_rows = [row for row in run.history if "train/loss" in row]
+        assert len(train_records) == len(wandb_rows) == 1
+        assert wandb_rows[0]["train/loss"] == pytest.approx(train_records[0]["train/loss"])
+        assert wandb_rows[0]["train/lr"] == pytest.approx(train_records[0]["train/lr"])
+        for name in ("train/grad_norm", "perf/tokens_per_s", "perf/step_time"):
+            assert name in wandb_rows[0]
+        assert (multirun / str(job) / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_chat_answers_like_the_model_on_the_documented_prompt(multirun, tmp_path, data_dir, cache_env):
+    """task=chat builds image block + newline + text in the v1 template and decodes greedily: the
+    answer it saves equals the model's own greedy continuation of that prompt."""
+    from libra.model import LibraForCausalLM
+    from libra.tokenizer.processor import LibraProcessor
+    from libra.tokenizer.samples import ConversationSample, Turn
+
+    export = multirun / "0" / "export"
+    image = data_dir / "processor_tiny" / "images" / "duck_drawn.png"
+    prompt = "what colour is the shape?"
+    result = run_py(
+        ["task=chat", f"checkpoint={export}", f"image={image}", f"prompt='{prompt}'", "max_new_tokens=6"],
+        cwd=tmp_path,
+        env=cache_env,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    (saved,) = tmp_path.glob("outputs/tiny/*/chat.json")
+    record = json.loads(saved.read_text())
+    assert record["prompt"] == prompt and record["image"] == str(image)
+    assert f"ASSISTANT: {record['answer']}" in result.stdout
+
+    model = LibraForCausalLM.from_pretrained(export).eval()
+    processor = LibraProcessor.from_pretrained(export)
+    sample = ConversationSample([Turn("user", f"<image>\n{prompt}")], [image_open(image)], key="ref")
+    inputs = processor([sample], generation=True)
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_new_tokens=6)
+    expected = processor.decode(ids[:, 0, inputs["input_ids"].shape[-1] :]).text.strip()
+    assert record["answer"] == expected
+
+
+def image_open(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+@pytest.mark.slow
+def test_generate_writes_one_image_at_the_tokenizer_resolution(multirun, tmp_path, cache_env):
+    export = multirun / "0" / "export"
+    args = ["task=generate", f"checkpoint={export}", "prompt='a red circle'"]
+    result = run_py(args, cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (png,) = tmp_path.glob("outputs/tiny/*/generated_0.png")
+    from PIL import Image
+
+    assert Image.open(png).size == (56, 56)  # the tiny CLIP's input size, decoded from 4x4 codes
+    record = json.loads(png.with_name("generate.json").read_text())
+    assert record == {"prompt": "a red circle", "images": [str(png)]}
+
+
+@pytest.mark.slow
+def test_exported_checkpoint_passes_the_shape_rules_and_a_broken_one_fails(multirun, tmp_path, hydra_cleared):
+    export = multirun / "0" / "export"
+    validate(compose_config(["task=generate", f"checkpoint={export}", "prompt=x"]))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in export.iterdir():
+        (broken / item.name).symlink_to(item)
+    (broken / "config.json").unlink()
+    config = json.loads((export / "config.json").read_text())
+    config["contiguous_signal_size"] *= 2
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="contiguous_signal_size=.*selected layers"):
+        validate(compose_config(["task=generate", f"checkpoint={broken}", "prompt=x"]))
+
+
+TRAINING_EXPERIMENTS = ["pretrain", "instruct"]  # `tiny` runs in the multirun fixture above
+
+
+@pytest.mark.slow
+def test_every_training_experiment_runs_one_step_on_the_tiny_model(tmp_path, cache_env):
+    """Each experiment's own DeepSpeed stage, precision and freezing, with the tiny model and data."""
+    overrides = ["model=tiny", "tokenizer=tiny", "data=synthetic", "cluster=local", *ONE_STEP]
+    experiments = f"experiment={','.join(TRAINING_EXPERIMENTS)}"
+    result = run_py(["-m", experiments, *overrides], cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    expected = {"pretrain": (2, True), "instruct": (3, True)}  # ZeRO stage, bf16 (spec §7.1, §7.2)
+    for name in TRAINING_EXPERIMENTS:
+        (job_dir,) = [p for p in (tmp_path / "multirun" / name).glob("*/*") if p.is_dir()]
+        ds = json.loads((job_dir / "deepspeed_config.json").read_text())
+        assert (ds["zero_optimization"]["stage"], ds["bf16"]["enabled"]) == expected[name]
+        assert ds["gradient_clipping"] == 1.0  # in every stage, ZeRO-3 included (B6)
+        records = tracking.read_metrics(job_dir / "metrics.jsonl")
+        (loss,) = [r["train/loss"] for r in records if "train/loss" in r]
+        assert 0 < loss < 20
+        assert (job_dir / "export" / "config.json").is_file()
+        (run,) = offline_runs(job_dir / "wandb")
+        assert run.group == name and run.exit_code == 0
+
+
+@pytest.mark.slow
+def test_cluster_torchrun_runs_two_ranks_on_one_config_and_one_run_dir(tmp_path, cache_env):
+    args = [
+        "cluster=torchrun",
+        "cluster.gpus_per_node=2",
+        "cluster.master_port=29613",
+        "deepspeed=zero2",
+        *ONE_STEP,
+    ]
+    args = [a for a in args if not a.startswith("trainer.global_batch_size")] + [
+        "trainer.global_batch_size=4"
+    ]
+    result = run_py(args, cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run_dir,) = (tmp_path / "outputs" / "tiny").iterdir()  # one run dir, not one per rank
+    ds = json.loads((run_dir / "deepspeed_config.json").read_text())
+    assert (ds["train_batch_size"], ds["gradient_accumulation_steps"]) == (4, 1)  # 2 ranks x micro 2
+    assert ds["zero_optimization"]["stage"] == 2
+    assert (run_dir / "export" / "config.json").is_file()
+    (run,) = offline_runs(run_dir / "wandb")  # rank 0 only
+    assert run.config["cluster"]["gpus_per_node"] == 2 and run.exit_code == 0
+
+
+@pytest.mark.slow
+def test_task_benchmark_scores_the_export_and_logs_the_scores(multirun, tmp_path, cache_env):
+    export = multirun / "0" / "export"
+    small = [a for a in ONE_STEP if a.startswith("data.synthetic.")]  # the data the model was trained on
+    args = ["task=benchmark", f"checkpoint={export}", "benchmark=synthetic", *small]
+    args += ["benchmark.synthetic_vqa.max_items=8", "benchmark.synthetic_caption.max_items=4"]
+    result = run_py(args, cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    (run_dir,) = (tmp_path / "outputs" / "tiny").iterdir()
+    scores = {k: v for r in tracking.read_metrics(run_dir / "metrics.jsonl") for k, v in r.items()}
+    assert 0 <= scores["benchmark/synthetic_vqa/accuracy"] <= 100
+    assert scores["benchmark/synthetic_caption/CIDEr"] >= 0
+    (run,) = offline_runs(run_dir / "wandb")
+    assert (run.job_type, run.group, run.exit_code) == ("benchmark", "tiny", 0)
+    assert any("benchmark/synthetic_vqa/samples/_type" in row for row in run.history)  # the sample table
