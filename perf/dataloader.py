@@ -1,40 +1,52 @@
-"""Throughput of the LAION reading path per DataLoader worker, against bare PIL in the same run.
+"""Throughput of the LAION image path per DataLoader worker, against bare PIL in the same run.
 
-Both sides read the same webdataset shards of real photos (skimage, re-encoded as JPEG with
-random crops so sizes vary) in one process — what one worker does:
+Every row reads the same webdataset shards of real photos (skimage, re-encoded as JPEG with random
+crops so sizes and shapes vary) in one process, which is what one worker does:
 
-* bare PIL:    tarfile iteration + ``Image.open`` + ``convert("RGB")`` + bicubic resize to size x size;
-* bare + prep: the same loop, but the tokenizer's ``ImagePreprocessor`` instead of the resize (pad to
-               square, resize, crop, normalise to a float32 tensor): the image work the reader must do;
-* reader:      ``LaionShards`` (tar grouping, caption from .txt, cleaning, shape test, shuffle
-               buffer, skip accounting) + the same ``ImagePreprocessor``, with and without JPEG
-               draft decoding (the decoder downscales by 1/2..1/8 while decoding: faster, slightly
-               different pixels, so off by default).
+* bare PIL (the baseline): tarfile iteration + ``Image.open`` + ``convert("RGB")`` + one bicubic
+  resize straight to size x size (no padding, no crop, no tensor);
+* bare + to_uint8: the same loop with ``ImagePreprocessor.to_uint8`` instead of the resize (EXIF
+  check, pad to square, resize, crop, uint8 (3, S, S) tensor): the image work alone;
+* reader, before: ``LaionShards`` (tar grouping, caption from .txt, cleaning, shape test, shuffle
+  buffer, skip accounting) + the preprocessing as it was before the uint8 split (EXIF copy, pad
+  canvas, one resize, rescale/normalise in float64 then float32, float32 tensor) — kept below as
+  ``legacy_preprocess``;
+* reader + to_uint8: the worker path now (what ``LibraCollator`` does to a decoded image); the
+  normalisation runs on the device, batched (``ImagePreprocessor.normalize``);
+* reader + __call__: the float output in the worker (table lookup instead of float64 arithmetic);
+* reader + to_uint8, JPEG draft: the decoder downscales by 1/2..1/8 while decoding (faster,
+  slightly different pixels, so off by default).
 
-    python -m perf.dataloader [--samples 400] [--size 336] [--repeats 3]    # from the repo root
+    python -m perf.dataloader [--samples 400] [--size 336] [--repeats 5]    # from the repo root
 
-Prints samples/s and ratios against both baselines (goal >= 0.9 against bare PIL).
+Prints the median samples/s over interleaved repeats and each row's ratio to bare PIL (goal for
+the worker path: >= 0.9), then what the normalisation moved to the device costs on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
+import itertools
 import random
+import statistics
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import skimage.data
+import torch
 import webdataset as wds
-from PIL import Image
+from PIL import Image, ImageOps
 
 from libra.data.laion import LaionShards
-from libra.tokenizer.image_processing import ImagePreprocessor
+from libra.tokenizer.image_processing import ImagePreprocessor, pad_to_square, to_rgb
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # square, wide, wide, tall
 
 
 def write_shards(folder: Path, samples: int, per_shard: int = 100) -> str:
@@ -57,29 +69,49 @@ def write_shards(folder: Path, samples: int, per_shard: int = 100) -> str:
     return str(folder / f"{{00000..{(samples - 1) // per_shard:05d}}}.tar")
 
 
-def bare_pil(shards: list[str], size: int, preprocess: bool) -> int:
-    transform = ImagePreprocessor(size=size)
+def legacy_preprocess(pre: ImagePreprocessor) -> Callable[[Image.Image], torch.Tensor]:
+    """The preprocessing before the uint8 split, for the 'before' row (same pixels, more work)."""
+
+    def run(image: Image.Image) -> torch.Tensor:
+        with contextlib.suppress(Exception):
+            image = ImageOps.exif_transpose(image)  # copies every image without an orientation tag
+        image = pad_to_square(to_rgb(image), pre.pad_colour)
+        w, h = image.size
+        new_long = int(pre.size * max(w, h) / min(w, h))
+        new_size = (pre.size, new_long) if w <= h else (new_long, pre.size)
+        if new_size != (w, h):
+            image = image.resize(new_size, resample=Image.BICUBIC)
+        pixels = np.asarray(image, dtype=np.uint8)
+        top, left = (pixels.shape[0] - pre.size) // 2, (pixels.shape[1] - pre.size) // 2
+        pixels = pixels[top : top + pre.size, left : left + pre.size]
+        scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+        normalised = (scaled - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+
+    return run
+
+
+def bare_pil(shards: list[str], size: int, transform: Callable | None = None) -> int:
     count = 0
     for shard in shards:
         with tarfile.open(shard, mode="r|") as tar:
             for info in tar:
                 if info.name.endswith(".jpg"):
                     image = Image.open(io.BytesIO(tar.extractfile(info).read())).convert("RGB")
-                    if preprocess:
-                        transform(image)
-                    else:
+                    if transform is None:
                         image.resize((size, size), Image.BICUBIC)
+                    else:
+                        transform(image)
                     count += 1
     return count
 
 
-def reader(urls: str, size: int, draft: bool) -> int:
-    transform = ImagePreprocessor(size=size)
-    dataset = LaionShards(urls, image_transform=transform, decode_draft_size=size if draft else None)
+def reader(urls: str, transform: Callable, draft_size: int | None = None) -> int:
+    dataset = LaionShards(urls, image_transform=transform, decode_draft_size=draft_size)
     return sum(1 for item in dataset if not hasattr(item.item, "reason"))
 
 
-def rate(run) -> float:
+def rate(run: Callable[[], int]) -> float:
     start = time.perf_counter()
     count = run()
     return count / (time.perf_counter() - start)
@@ -89,32 +121,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=400)
     parser.add_argument("--size", type=int, default=336)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    torch.set_num_threads(1)  # one DataLoader worker is one thread of work
+    size = args.size
+    pre = ImagePreprocessor(size=size)
+    rows: dict[str, Callable[[list[str], str], int]] = {
+        "bare PIL decode + resize (baseline)": lambda shards, urls: bare_pil(shards, size),
+        "bare PIL decode + to_uint8": lambda shards, urls: bare_pil(shards, size, pre.to_uint8),
+        "LaionShards + float preprocess, before": lambda shards, urls: reader(urls, legacy_preprocess(pre)),
+        "LaionShards + to_uint8 (worker path)": lambda shards, urls: reader(urls, pre.to_uint8),
+        "LaionShards + __call__ (float32 out)": lambda shards, urls: reader(urls, pre),
+        "LaionShards + to_uint8, JPEG draft": lambda shards, urls: reader(urls, pre.to_uint8, size),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in rows}
     with tempfile.TemporaryDirectory() as folder:
         urls = write_shards(Path(folder), args.samples)
         shards = wds.shardlists.expand_urls(urls)
-        # interleaved repeats, so a load change on the machine hits every variant alike
-        rates = {"bare": [], "prep": [], "reader": [], "draft": []}
+        # the rows compare equal work: before and after give the same pixels on these very files
+        for item in itertools.islice(LaionShards(urls, shuffle=False), 8):
+            image = item.item.image
+            assert torch.equal(pre.normalize(pre.to_uint8(image)), legacy_preprocess(pre)(image))
+        # interleaved repeats, so a load change on the machine hits every row alike
         for _ in range(args.repeats):
-            rates["bare"].append(rate(lambda: bare_pil(shards, args.size, preprocess=False)))
-            rates["prep"].append(rate(lambda: bare_pil(shards, args.size, preprocess=True)))
-            rates["reader"].append(rate(lambda: reader(urls, args.size, draft=False)))
-            rates["draft"].append(rate(lambda: reader(urls, args.size, draft=True)))
-    bare, prep, full, draft = (max(rates[k]) for k in ("bare", "prep", "reader", "draft"))
+            for name, run in rows.items():
+                rates[name].append(rate(lambda run=run: run(shards, urls)))
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    bare = median["bare PIL decode + resize (baseline)"]
     print(
-        f"{args.samples} JPEG photos (crops of 300-640 px) -> {args.size}px, one process, "
-        f"best of {args.repeats}"
+        f"{args.samples} JPEG photos (crops of 300-640 px, wide, tall and square) -> {size} px, one process,"
+        f" median of {args.repeats} interleaved repeats"
     )
-    print(f"bare PIL decode + resize              {bare:7.1f} samples/s")
-    print(f"bare PIL decode + ImagePreprocessor   {prep:7.1f} samples/s  {prep / bare:5.2f}x bare")
-    for label, value in (
-        ("LaionShards + ImagePreprocessor", full),
-        ("  ... with JPEG draft decoding", draft),
-    ):
-        print(
-            f"{label:<37} {value:7.1f} samples/s  {value / bare:5.2f}x bare  {value / prep:5.2f}x bare+prep"
-        )
+    for name, value in median.items():
+        spread = f"{min(rates[name]):6.1f}-{max(rates[name]):6.1f}"
+        print(f"{name:<40} {value:7.1f} samples/s ({spread})  {value / bare:5.2f}x bare")
+
+    # the work moved out of the workers: normalising a batch of uint8 pixels (here on this CPU)
+    batch = torch.randint(0, 256, (64, 3, size, size), dtype=torch.uint8)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        pre.normalize(batch)
+        times.append((time.perf_counter() - start) / len(batch))
+    print(
+        f"normalize, batched on the CPU: {statistics.median(times) * 1e3:.2f} ms/image;"
+        f" a worker ships {3 * size * size // 1024} KiB/image as uint8 instead of"
+        f" {12 * size * size // 1024} KiB as float32"
+    )
 
 
 if __name__ == "__main__":

@@ -76,23 +76,37 @@ def load_vqa_annotations(path: str | Path) -> list[dict[str, Any]]:
     data = read_json(path)
     fix = "use the official VQA annotation file (mscoco_*_annotations.json)"
     _require(data, ["annotations"], str(path), fix)
-    keys = ["question_id", "answers", "question_type", "answer_type"]
     annotations = data["annotations"]
-    # One cheap pass; the slow, precise check runs only to name the offender.
-    well_formed = all(
+    # One cheap pass over the questions; the answer dicts are checked when scoring trips on one
+    # (check_vqa_answers), so a well-formed file pays nothing for it.
+    if not all(
         isinstance(a, dict)
         and "question_id" in a
         and "answers" in a
         and "question_type" in a
         and "answer_type" in a
         for a in annotations
-    ) and all(isinstance(x, dict) and "answer" in x for a in annotations for x in a["answers"])
-    if not well_formed:
+    ):
         for i, ann in enumerate(annotations):
-            _require(ann, keys, f"{path}: annotations[{i}]", fix)
-            for j, answer in enumerate(ann["answers"]):
-                _require(answer, ["answer"], f"{path}: annotations[{i}].answers[{j}]", fix)
+            _require(
+                ann,
+                ["question_id", "answers", "question_type", "answer_type"],
+                f"{path}: annotations[{i}]",
+                fix,
+            )
     return data["annotations"]
+
+
+def check_vqa_answers(annotations: list[dict[str, Any]], path: str | Path) -> None:
+    """Name the first malformed human answer (called when scoring failed on one)."""
+    fix = 'each annotation needs "answers": [{"answer": str, ...}, ...]'
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann["answers"], list):
+            raise InputError(f"{path}: annotations[{i}].answers must be a list; {fix}")
+        for j, answer in enumerate(ann["answers"]):
+            _require(answer, ["answer"], f"{path}: annotations[{i}].answers[{j}]", fix)
+            if not isinstance(answer["answer"], str):
+                raise InputError(f"{path}: annotations[{i}].answers[{j}].answer must be a string; {fix}")
 
 
 def load_vqa_questions(path: str | Path) -> dict[Any, dict[str, Any]]:

@@ -23,6 +23,7 @@ from libra.benchmark.exact_match import EXACT_MATCH_RULES
 from libra.benchmark.files import (
     InputError,
     check_questions_cover,
+    check_vqa_answers,
     load_caption_references,
     load_caption_results,
     load_vqa_annotations,
@@ -41,7 +42,11 @@ def score_vqa_files(
     with gc_paused():
         anns = load_vqa_annotations(annotations)
         check_questions_cover(load_vqa_questions(questions), anns, questions)
-        result = evaluate_vqa(anns, load_vqa_results(results, anns), processor=processor, n=n)
+        try:
+            result = evaluate_vqa(anns, load_vqa_results(results, anns), processor=processor, n=n)
+        except (KeyError, TypeError, AttributeError):
+            check_vqa_answers(anns, annotations)  # names the malformed answer when there is one
+            raise
         del anns  # freed while the collector is still paused
     return result
 

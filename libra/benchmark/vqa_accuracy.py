@@ -101,7 +101,8 @@ def _official(prediction: str, answers: Sequence[Answer]) -> tuple[float, bool, 
     if normalised:
         gts = list(map(normalize_official, gts))
         pred = normalize_official(pred)
-    return _mean(_leave_one_out(pred, gts, _identities(answers, gts))), normalised, pred, gts
+    accs = _leave_one_out(pred, gts, _identities(answers, gts))
+    return sum(accs) / len(accs), normalised, pred, gts
 
 
 def score_official(prediction: str, answers: Sequence[Answer]) -> OfficialScore:

@@ -8,12 +8,13 @@ is added to keys and values only for cross-modal (query, key) pairs.
 How the routing is done: at the start of a forward the flattened (B*N) positions are sorted once into
 [text rows ; image rows] (`Routing`). Every position-wise module (norms, projections, MLP, heads) then
 works on two contiguous slices of that sorted tensor, and only the attention goes back to sequence order
-(one gather in, one gather out per layer). No layer indexes with a boolean mask, so there is no
-device-to-host sync inside the layers; the routing itself costs one sync per forward.
+(one gather in, one gather per pass out). No layer indexes with a boolean mask, so there is no
+device-to-host sync inside the layers; the forward reads the device once (`read_batch_facts`).
 
 Attention: the two key/value sets of the bridge (spec §3.5) are attended with two fused
-`scaled_dot_product_attention` calls, one per set, and each query row keeps the output of its own
-modality's set. No N x N score matrix is built.
+`scaled_dot_product_attention` passes, one per set, and each query row keeps the output of its own
+modality's set. The text pass covers all queries; the image pass only the columns that hold image
+tokens (`AttentionLayout`). No N x N score matrix is built.
 
 Parameter names equal the official checkpoint's (spec §2.2), so official folders load with
 `from_pretrained` unchanged; its constant buffers (§2.3) are ignored on load and computed on the fly.

@@ -118,13 +118,17 @@ def padded_square_resize(image: Image.Image, colour: tuple[int, int, int], size:
     if w <= h or w == size:  # w == size: the padded square needs no resize at all
         square = pad_to_square(image, colour)
         return square if square.size == (size, size) else square.resize((size, size), Image.BICUBIC)
-    top = (w - h) // 2
-    rows = np.asarray(image.resize((size, h), Image.BICUBIC))  # horizontal pass only, (h, size, 3)
-    padding_row = np.asarray(Image.new(image.mode, (w, 1), colour).resize((size, 1), Image.BICUBIC))
-    halfway = np.empty((w, size, 3), dtype=np.uint8)  # what the one-call resize holds between passes
-    halfway[:] = padding_row
-    halfway[top : top + h] = rows
-    return Image.fromarray(halfway).resize((size, size), Image.BICUBIC)  # vertical pass only
+    rows = image.resize((size, h), Image.BICUBIC)  # horizontal pass only
+    padding_row = Image.new(image.mode, (w, 1), colour).resize((size, 1), Image.BICUBIC)
+    extrema = padding_row.getextrema()  # ((min, max) per band)
+    if all(low == high for low, high in extrema):
+        # the usual case: the fixed-point coefficients of a pixel sum to 1 within far less than
+        # the rounding margin, so the padding colour comes back unchanged and a fill is exact
+        halfway = Image.new(image.mode, (size, w), tuple(low for low, _ in extrema))
+    else:
+        halfway = padding_row.resize((size, w), Image.NEAREST)  # repeat the row, whatever it holds
+    halfway.paste(rows, (0, (w - h) // 2))  # what the one-call resize holds between its passes
+    return halfway.resize((size, size), Image.BICUBIC)  # vertical pass only
 
 
 @functools.lru_cache(maxsize=16)
@@ -251,11 +255,12 @@ class ImagePreprocessor:
         new_size = (self.size, new_long) if w <= h else (new_long, self.size)
         if new_size != (w, h):
             image = image.resize(new_size, resample=Image.BICUBIC)
-        pixels = np.asarray(image, dtype=np.uint8)  # (H, W, 3), read-only view of Pillow's copy
-        top = (pixels.shape[0] - self.size) // 2
-        left = (pixels.shape[1] - self.size) // 2
-        pixels = pixels[top : top + self.size, left : left + self.size]
-        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (3, size, size)
+        w, h = image.size
+        if (w, h) != (self.size, self.size):
+            top, left = (h - self.size) // 2, (w - self.size) // 2
+            image = image.crop((left, top, left + self.size, top + self.size))
+        # channels first straight from Pillow's bands: cheaper than transposing an (H, W, 3) array
+        return torch.from_numpy(np.stack([np.asarray(band) for band in image.split()]))  # (3, size, size)
 
     def batch(self, images: list, keys: list[str] | None = None) -> torch.Tensor:
         """Several images → float32 (n, 3, size, size); tensors already preprocessed pass through."""

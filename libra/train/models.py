@@ -57,9 +57,11 @@ def tiny_libra(
     max_position_embeddings: int = 512,
     vision_down_ratio: int = 4,
     bridge_rank: int = 8,
+    initializer_range: float = 0.02,
 ) -> LibraForCausalLM:
     """A randomly initialised Libra of the given size, shaped for `processor`."""
     config = LibraConfig(
+        initializer_range=initializer_range,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_hidden_layers,

@@ -22,7 +22,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from libra.data.synthetic import synthetic_dataset
+from libra.data.llava_instruct import LlavaInstructions
+from libra.data.synthetic import DESCRIBE, synthetic_dataset
 from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.templates import get_template
 from libra.tokenizer.tiny import build_tiny_processor
@@ -58,3 +59,30 @@ def tiny_synthetic_processor(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return LibraProcessor.from_pretrained(folder, template=template, max_length=max_length)
+
+
+def synthetic_caption_requests(
+    cache_dir: str, synthetic: dict, split: str = "train", image_token_count: int = 18
+) -> LlavaInstructions:
+    """Every image of `split` once as a one-round conversation "describe the image briefly." ->
+    its caption: the caption request of the synthetic conversations, for every image instead of
+    about half of them. Written next to the dataset (a LLaVA json) and read by the real reader."""
+    layout = synthetic_dataset(cache_dir, **synthetic)
+    path = layout.folder / "llava" / f"caption_requests_{split}.json"
+    if not path.is_file():
+        entries = [
+            {
+                "id": f"caption_{split}_{i}",
+                "image": entry["image"],
+                "conversations": [
+                    {"from": "human", "value": f"<image>\n{DESCRIBE}"},
+                    {"from": "gpt", "value": entry["caption"]},
+                ],
+            }
+            for i, entry in enumerate(json.loads(layout.karpathy_file(split).read_text()))
+            if isinstance(entry["caption"], str)
+        ]
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, path)
+    return LlavaInstructions(str(path), str(layout.image_root), image_token_count=image_token_count)

@@ -86,3 +86,16 @@ def test_caption_cli_names_missing_images(tmp_path):
     out = run_cli("caption", "--gt", paths["gt"], "--results", bad, "--metrics", "Bleu")
     assert out.returncode == 2
     assert "1 missing: 3019497" in out.stderr
+
+
+def test_vqa_cli_names_a_malformed_answer(tmp_path):
+    paths = vqa_paths(ROOT / "tests" / "data" / "benchmark_corpus")
+    annotations = load(paths["annotations"])
+    del annotations["annotations"][5]["answers"][2]["answer"]
+    bad = tmp_path / "annotations.json"
+    bad.write_text(json.dumps(annotations))
+    out = run_cli(
+        "vqa", "--questions", paths["questions"], "--annotations", bad, "--results", paths["results"]
+    )
+    assert out.returncode == 2
+    assert "annotations[5].answers[2]: missing key(s) ['answer']" in out.stderr

@@ -244,3 +244,14 @@ def test_uint8_batches_give_the_inputs_of_float_batches(processor):
     a, b = processor.to_model_inputs(uint8), processor.to_model_inputs(floats)
     for key in ("input_ids", "attention_mask", "vision_indices", "labels", "contiguous_signal"):
         assert torch.equal(a[key], b[key]), key
+
+
+def test_token_cache_keys_do_not_depend_on_the_pixel_dtype(tmp_path):
+    cached = LibraProcessor.from_pretrained(MODEL_DIR, token_cache=tmp_path / "cache")
+    samples = _conversations()
+    cached(samples)  # written from uint8 worker pixels
+    normalised = [
+        ConversationSample(s.turns, [cached.preprocessor(im) for im in s.images], key=s.key) for s in samples
+    ]
+    batch = cached.collator(normalised)
+    assert batch.pixel_values is None and batch.cached_indices.shape[0] == 2

@@ -1,5 +1,6 @@
-"""run.py end to end on the tiny model (slow): a 2-job multirun read back from its W&B offline files,
-then task=chat and task=generate on the exported checkpoint of one of its jobs."""
+"""run.py end to end on the tiny model (slow): a 2-job multirun read back from its W&B offline files;
+task=chat, task=generate and task=benchmark on the export of one of its jobs; cluster=torchrun with
+two ranks. (Every experiment's one-step run is tests/train/test_experiments.py.)"""
 
 from __future__ import annotations
 
@@ -139,30 +140,6 @@ def test_exported_checkpoint_passes_the_shape_rules_and_a_broken_one_fails(multi
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="contiguous_signal_size=.*selected layers"):
         validate(compose_config(["task=generate", f"checkpoint={broken}", "prompt=x"]))
-
-
-TRAINING_EXPERIMENTS = ["pretrain", "instruct"]  # `tiny` runs in the multirun fixture above
-
-
-@pytest.mark.slow
-def test_every_training_experiment_runs_one_step_on_the_tiny_model(tmp_path, cache_env):
-    """Each experiment's own DeepSpeed stage, precision and freezing, with the tiny model and data."""
-    overrides = ["model=tiny", "tokenizer=tiny", "data=synthetic", "cluster=local", *ONE_STEP]
-    experiments = f"experiment={','.join(TRAINING_EXPERIMENTS)}"
-    result = run_py(["-m", experiments, *overrides], cwd=tmp_path, env=cache_env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    expected = {"pretrain": (2, True), "instruct": (3, True)}  # ZeRO stage, bf16 (spec §7.1, §7.2)
-    for name in TRAINING_EXPERIMENTS:
-        (job_dir,) = [p for p in (tmp_path / "multirun" / name).glob("*/*") if p.is_dir()]
-        ds = json.loads((job_dir / "deepspeed_config.json").read_text())
-        assert (ds["zero_optimization"]["stage"], ds["bf16"]["enabled"]) == expected[name]
-        assert ds["gradient_clipping"] == 1.0  # in every stage, ZeRO-3 included (B6)
-        records = tracking.read_metrics(job_dir / "metrics.jsonl")
-        (loss,) = [r["train/loss"] for r in records if "train/loss" in r]
-        assert 0 < loss < 20
-        assert (job_dir / "export" / "config.json").is_file()
-        (run,) = offline_runs(job_dir / "wandb")
-        assert run.group == name and run.exit_code == 0
 
 
 @pytest.mark.slow

@@ -97,3 +97,23 @@ def test_auto_mode_is_offline_without_api_key(tmp_path, monkeypatch):
     logger = _wandb(tmp_path, mode="auto")
     logger.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def crashing_task(cfg):
+    """A task that opens its W&B run and then fails, like a training job that crashes mid-way."""
+    logger = tracking.RunLogger(cfg.run_dir, _wandb(cfg.run_dir))
+    logger.log({"train/loss": 4.0}, step=1)
+    raise RuntimeError("crashed at step 2")
+
+
+def test_a_crashing_task_still_finishes_its_wandb_run(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from libra import launch
+
+    monkeypatch.setitem(launch.TASKS, "train", f"{__name__}:crashing_task")
+    with pytest.raises(RuntimeError, match="crashed at step 2"):
+        launch.run_task(OmegaConf.create({"task": "train", "run_dir": str(tmp_path)}))
+    assert not tracking._OPEN
+    (run,) = offline_runs(tmp_path / "wandb")
+    assert run.exit_code == 1 and [r["train/loss"] for r in run.history if "train/loss" in r] == [4.0]
