@@ -46,7 +46,8 @@ def decode_image_bytes(data: bytes, draft_size: int | None = None) -> Image.Imag
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     image.load()
-    return image.convert("RGB")
+    # convert() copies even an RGB image (most JPEGs): ~0.3 ms a photo for nothing
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def open_image_file(path: str | Path, draft_size: int | None = None) -> Image.Image:

@@ -156,6 +156,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 ]
             )
         state.step += 1
+        state.samples_seen += int(sums[4].item())
+        state.tokens_seen += int(sums[3].item())
         step_time = time.perf_counter() - start
 
         if state.step % t.log_every == 0 or state.step == t.max_steps:
@@ -174,8 +176,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 "perf/max_memory_gb": _max_memory_gb(),
                 "data/epoch": float(reader.epoch),
             }
-            state.samples_seen += int(samples)
-            state.tokens_seen += int(tokens)
             metrics.update(reader.metrics())
             logger.log(metrics, state.step)
             progress.set_postfix(

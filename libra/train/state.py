@@ -47,8 +47,8 @@ class TrainState:
     """Resumable progress of one rank. `step` counts optimizer steps (not micro-batches)."""
 
     step: int = 0
-    samples_seen: int = 0  # over all ranks
-    tokens_seen: int = 0  # supervised + unsupervised positions, over all ranks
+    samples_seen: int = 0  # by this rank
+    tokens_seen: int = 0  # non-padding positions, by this rank
     data: dict[str, Any] = field(default_factory=dict)  # position of this rank's data stream
     rng: dict[str, Any] = field(default_factory=dict)  # filled by capture_rng() at save time
     wandb_run_id: str | None = None
