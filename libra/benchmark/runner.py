@@ -34,9 +34,16 @@ from libra.data.skips import Skipped
 TABLE_ROWS = 32  # rows of the per-task sample table
 
 
-def evaluate(cfg: DictConfig) -> dict[str, float]:
+def evaluate(cfg: DictConfig, logger=None, step: int = 0) -> dict[str, float]:
     """Score ``cfg.checkpoint`` on every task of ``cfg.benchmark``; returns
-    ``{"benchmark/<task>/<metric>": value}`` on rank 0 ({} on other ranks)."""
+    ``{"benchmark/<task>/<metric>": value}`` on rank 0 ({} on other ranks).
+
+    ``logger``: log into this (already open) metric logger at ``step`` and leave it open — the
+    training recipe passes its own, so one job is one W&B run. Without it, a logger is built from
+    ``cfg.logger`` for this call and finished at the end.
+    """
+    import contextlib
+
     from hydra.utils import instantiate
 
     from libra.tracking import build_logger
@@ -46,15 +53,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     precision = OmegaConf.select(cfg, "trainer.precision", default="fp32")
     model, processor = load_for_evaluation(cfg.checkpoint, precision)
     results: dict[str, float] = {}
-    with build_logger(cfg, run_dir) as logger:
+    own_logger = build_logger(cfg, run_dir) if logger is None else contextlib.nullcontext(logger)
+    with own_logger as logger:
         for name, task in tasks.items():
             scores, rows = run_task(name, task, model, processor, run_dir / name)
             if world()[0] != 0:
                 continue
             logged = {f"benchmark/{name}/{k}": float(v) for k, v in scores.items()}
-            logger.log(logged, step=0)
+            logger.log(logged, step=step)
             columns = ["image", "prompt", "prediction", "references", "score"]
-            logger.log_table(f"benchmark/{name}/samples", columns, rows, step=0)
+            logger.log_table(f"benchmark/{name}/samples", columns, rows, step=step)
             results.update(logged)
     return results
 

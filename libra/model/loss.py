@@ -9,7 +9,9 @@ over the K codebooks. Because the other modality's columns are -inf, that equals
 * a valid target of the other modality than its predicting row: +inf (the official value, kept).
 
 So the text log-sum-exp is computed once (it is the same in every codebook) and only the rows that have
-a valid target are sent through the heads, in fp32.
+a valid target are sent through the heads, in fp32. One deliberate difference: a batch without any valid
+target gives loss 0 instead of the official NaN (0 / 0), so a fully masked micro-batch cannot poison
+the gradients.
 """
 
 import torch

@@ -7,8 +7,8 @@ torchvision: Pillow bicubic resize of the short side (long side truncated), cent
 The transform comes in two halves, so DataLoader workers do no float work (and ship 4x fewer bytes):
 ``to_uint8`` (decode, pad, resize, crop → uint8 (3, S, S)) runs in the workers, ``normalize``
 (uint8 → CLIP-normalised float32, batched, on any device) runs beside the vision tokenizer.
-``normalize`` gathers from a (3, 256) table built with the exact float64 → float32 op order of the
-arithmetic, so both halves together give the same bits as ``__call__`` (tests pin this).
+``normalize`` looks every pixel up in a 3 x 256 table built with the exact float64 → float32 op
+order of the arithmetic, so both halves together give the same bits as ``__call__`` (tests pin this).
 
 Divergences from the official code, on purpose:
 * EXIF orientation is applied (the official code ignores it, so phone photos reach CLIP rotated);
@@ -231,17 +231,26 @@ class ImagePreprocessor:
         """uint8 pixels (..., 3, H, W) → CLIP-normalised float32 on the same device.
 
         A table lookup per pixel (see ``normalisation_table``): the same bits as the float64 →
-        float32 arithmetic of ``CLIPImageProcessor``, on any device, for a whole batch at once.
+        float32 arithmetic of ``CLIPImageProcessor``, on any device, for one image or a batch.
         """
         if pixels.dtype != torch.uint8:
             raise TypeError(f"normalize expects uint8 pixels, got {pixels.dtype} (already normalised?)")
         if pixels.dim() < 3 or pixels.shape[-3] != 3:
             raise ValueError(f"normalize expects pixels (..., 3, H, W), got {tuple(pixels.shape)}")
         table = normalisation_table(tuple(self.mean), tuple(self.std)).to(pixels.device)
-        # int32 indices: a quarter of the memory of int64 ones, and index_select takes them
-        offsets = torch.arange(0, 3 * 256, 256, dtype=torch.int32, device=pixels.device).view(3, 1, 1)
-        index = pixels.to(torch.int32) + offsets  # (..., 3, H, W)
-        return torch.index_select(table, 0, index.reshape(-1)).view(pixels.shape)
+        planes = pixels.reshape(-1, pixels.shape[-2] * pixels.shape[-1])  # (n * 3, H * W)
+        # plane k is channel k % 3, whose levels start at row (k % 3) * 256 of the table
+        first_level = torch.arange(planes.shape[0], dtype=torch.int32, device=pixels.device) % 3 * 256
+        first_level = first_level.view(-1, 1)
+        out = torch.empty(planes.shape, dtype=torch.float32, device=pixels.device)
+        # On the CPU a plane at a time keeps the int32 indices in cache (a gather over a whole
+        # batch is several times slower there); an accelerator takes the batch in one launch.
+        step = 1 if pixels.device.type == "cpu" else planes.shape[0]
+        for start in range(0, planes.shape[0], step):
+            rows = slice(start, start + step)
+            index = (planes[rows].to(torch.int32) + first_level[rows]).view(-1)
+            torch.index_select(table, 0, index, out=out[rows].view(-1))
+        return out.view(pixels.shape)
 
     def clip_transform(self, image: Image.Image) -> torch.Tensor:
         """Resize the short side (bicubic), centre crop, rescale and normalise an RGB image."""

@@ -184,3 +184,10 @@ def test_tensor_inputs_and_normalize_errors():
 def test_images_without_orientation_are_not_copied():
     image = Image.fromarray(data.chelsea())
     assert apply_exif_orientation(image) is image
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalize_on_the_device_gives_the_cpu_bits():
+    pre = ImagePreprocessor(size=56)
+    uint8 = torch.stack([pre.to_uint8(c) for c in _photo_crops()])
+    assert torch.equal(pre.normalize(uint8.cuda()).cpu(), pre.normalize(uint8))
