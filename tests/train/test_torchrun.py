@@ -59,7 +59,10 @@ def test_zero2_and_zero3_train_checkpoint_export_and_agree(tmp_path, tiny_cache)
             }
             assert len(list(checkpoint.glob("zero_pp_rank_*_optim_states.pt"))) == 2
         runs[stage] = run
-    loss = {s: [r["train/loss"] for r in read_metrics(run / "metrics.jsonl")] for s, run in runs.items()}
+    loss = {
+        s: [r["train/loss"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r]
+        for s, run in runs.items()
+    }
     assert len(loss["zero2"]) == 3
     assert loss["zero3"] == pytest.approx(loss["zero2"], rel=1e-4)
     # ZeRO-3's export is gathered: full tensors equal to ZeRO-2's (same math, different sharding)
