@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from libra.data.batching import DataBatch, ReaderCollator, ReaderState
 from libra.data.samplers import ResumableSampler
-from libra.tracking import build_logger
+from libra.tracking import MetricLogger, build_logger
 
 from .baselines import majority_baseline
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -208,7 +208,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         results.update(evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches))
     if cfg.get("benchmark") is not None and t.benchmark_at_end:
         del engine, optimizer  # the benchmark loads the export; free the training copy first
-        results.update(run_benchmark(cfg, export_dir, run_dir))  # every rank generates its shard
+        # every rank generates its shard; scores go to this run's logger (one W&B run per job)
+        results.update(run_benchmark(cfg, export_dir, run_dir, logger, state.step))
     logger.log(results, state.step)
     logger.finish()
     return results if rank == 0 else {}
@@ -276,13 +277,15 @@ def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_di
     return scores
 
 
-def run_benchmark(cfg: DictConfig, checkpoint: Path, run_dir: Path) -> dict[str, float]:
+def run_benchmark(
+    cfg: DictConfig, checkpoint: Path, run_dir: Path, logger: MetricLogger, step: int
+) -> dict[str, float]:
     """Benchmark the export (`libra.benchmark.evaluate`), score the majority baselines on the same
     items, write `<run dir>/metrics.json` and print both side by side."""
     from libra.benchmark.runner import evaluate
 
     bench_cfg = OmegaConf.merge(cfg, {"checkpoint": str(checkpoint), "run_dir": str(run_dir / "benchmark")})
-    results = dict(evaluate(bench_cfg))
+    results = dict(evaluate(bench_cfg, logger=logger, step=step))
     if dist.get_rank() != 0:
         return {}
     lines = [f"{'metric':<40} {'model':>9} {'baseline':>9}"]
