@@ -24,6 +24,7 @@ import contextlib
 import functools
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,29 +107,103 @@ def padded_square_resize(image: Image.Image, colour: tuple[int, int, int], size:
     with less work.
 
     Pillow resizes in two passes with 8-bit rounding in between: horizontal on every source row,
-    then vertical. For an image wider than tall the padding is whole rows, and the horizontal pass
-    gives every padding row the same output, with the same coefficients as on a one-row image of
-    that width. So only the image rows and one padding row go through the horizontal pass; the
-    padded (size x w) intermediate is assembled here and Pillow runs just the vertical pass on it
-    (its coefficients depend only on the height w and ``size``, as in the one-call resize). Taller
-    than wide images pad columns, which every row's horizontal pass reads, so they take the plain
-    pad + resize.
+    then vertical; each output pixel is a fixed-point weighted sum of the source pixels in its
+    filter support. Two savings follow, both keeping Pillow's own coefficients:
+
+    * wide images (padding = whole rows): the horizontal pass gives every padding row the same
+      output, so only the image rows and one padding row go through it; the padded (size x w)
+      intermediate is assembled here and Pillow runs just the vertical pass on it;
+    * both orientations: the output rows (wide) or columns (tall) past the image, whose support
+      lies in the trailing padding, are the padding's own value and are filled, not resampled.
+      Only a prefix is resampled, through ``resize(box=(0, 0, end, ...))``: see ``_prefix``.
     """
     w, h = image.size
-    if w <= h or w == size:  # w == size: the padded square needs no resize at all
+    side = max(w, h)
+    if w == h or side == size:  # nothing to pad, or the padded square needs no resize at all
         square = pad_to_square(image, colour)
         return square if square.size == (size, size) else square.resize((size, size), Image.BICUBIC)
-    rows = image.resize((size, h), Image.BICUBIC)  # horizontal pass only
-    padding_row = Image.new(image.mode, (w, 1), colour).resize((size, 1), Image.BICUBIC)
-    extrema = padding_row.getextrema()  # ((min, max) per band)
-    if all(low == high for low, high in extrema):
-        # the usual case: the fixed-point coefficients of a pixel sum to 1 within far less than
-        # the rounding margin, so the padding colour comes back unchanged and a fill is exact
-        halfway = Image.new(image.mode, (size, w), tuple(low for low, _ in extrema))
+    offset = (side - min(w, h)) // 2
+    prefix = _prefix(side, size, image_end=offset + min(w, h))
+    padding = _padding_values(image.mode, colour, side, size)
+    if padding is None:  # not met for any size tried; kept so that an odd Pillow build stays exact
+        return pad_to_square(image, colour).resize((size, size), Image.BICUBIC)
+    if w > h:
+        rows = image.resize((size, h), Image.BICUBIC)  # horizontal pass only
+        height = side if prefix is None else prefix[2]
+        halfway = Image.new(image.mode, (size, height), padding[0])
+        halfway.paste(rows, (0, offset))  # the top of what the one-call resize holds between passes
+        if prefix is None:
+            return halfway.resize((size, size), Image.BICUBIC)  # vertical pass only
+        count, end, _ = prefix
+        band = halfway.resize((size, count), Image.BICUBIC, box=(0, 0, size, end))  # vertical only
     else:
-        halfway = padding_row.resize((size, w), Image.NEAREST)  # repeat the row, whatever it holds
-    halfway.paste(rows, (0, (w - h) // 2))  # what the one-call resize holds between its passes
-    return halfway.resize((size, size), Image.BICUBIC)  # vertical pass only
+        if prefix is None:
+            return pad_to_square(image, colour).resize((size, size), Image.BICUBIC)
+        count, end, width = prefix
+        canvas = Image.new(image.mode, (width, side), colour)  # the left part of the padded square
+        canvas.paste(image, (offset, 0))
+        band = canvas.resize((count, size), Image.BICUBIC, box=(0, 0, end, side))
+    out = Image.new(image.mode, (size, size), padding[1])
+    out.paste(band, (0, 0))
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _padding_values(
+    mode: str, colour: tuple[int, int, int], side: int, size: int
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """What the horizontal pass, then both passes, of the side -> size resize make of pure padding;
+    None if either is not constant.
+
+    The fixed-point coefficients of one output pixel sum to 2**22 within half a unit per tap,
+    so a constant input comes back unchanged: 255 * ksize / 2 stays far below the 2**21 rounding
+    margin. Checked here on one row and one column (same coefficient tables as the square's
+    passes) rather than trusted; cached, as photo sides repeat.
+    """
+    row = Image.new(mode, (side, 1), colour).resize((size, 1), Image.BICUBIC)  # horizontal pass
+    low_high = row.getextrema()
+    if any(low != high for low, high in low_high):
+        return None
+    halfway = tuple(low for low, _ in low_high)
+    column = Image.new(mode, (1, side), halfway).resize((1, size), Image.BICUBIC)
+    low_high = column.getextrema()  # vertical pass of a padding column
+    if any(low != high for low, high in low_high):
+        return None
+    return halfway, tuple(low for low, _ in low_high)
+
+
+def _prefix(side: int, size: int, image_end: int) -> tuple[int, float, int] | None:
+    """(count, end, extent): resampling source pixels [0, extent) with ``box`` [0, end) to ``count``
+    outputs gives the first ``count`` outputs of the side -> size resize, bit for bit, and every
+    later output's support starts at or after ``image_end`` (it sees padding only). None when no
+    such prefix is shorter than ``size``.
+
+    Pillow builds each axis's coefficients from ``in0 + (i + 0.5) * scale`` with
+    ``scale = (double)(in1 - in0) / out`` (``in0``, ``in1`` single floats). With ``in0 = 0`` and
+    ``end / count == side / size`` as rationals, ``end`` exact in a float, the double ``scale``
+    is the same correctly rounded quotient, so every centre, bound and weight of the first
+    ``count`` outputs is the same computation as in the full resize. ``end = count * side / size``
+    is a float-exact dyadic number when ``count`` is a multiple of the odd part of
+    ``size / gcd(side, size)``. ``extent`` covers the support of output ``count - 1``, so the
+    clamp of the support at the source's edge (its width) does not bite earlier than in the square.
+    An offset box (``in0 > 0``) would round its centres differently, so the leading padding is
+    resampled along with the image.
+    """
+    reduced = size // math.gcd(side, size)
+    step = reduced // (reduced & -reduced)  # the odd part
+    scale = side / size
+    support = 2.0 * max(scale, 1.0)  # bicubic support, widened when downscaling
+    # output i starts reading at int((i + 0.5) * scale - support + 0.5): past image_end from here on
+    # (+ 2 outputs of margin for the rounding of that float expression)
+    needed = max(0, math.floor((image_end + support - 0.5) / scale - 0.5) + 2)
+    count = -(-needed // step) * step
+    if count >= size:
+        return None
+    end = count * side / size
+    extent = min(side, max(image_end, math.ceil(end + support) + 2))
+    if count == 0 or side >= 1 << 24 or float(np.float32(end)) != end:
+        return None
+    return count, end, extent
 
 
 @functools.lru_cache(maxsize=16)
@@ -268,8 +343,12 @@ class ImagePreprocessor:
         if (w, h) != (self.size, self.size):
             top, left = (h - self.size) // 2, (w - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
-        # channels first straight from Pillow's bands: cheaper than transposing an (H, W, 3) array
-        return torch.from_numpy(np.stack([np.asarray(band) for band in image.split()]))  # (3, size, size)
+        # channels first straight from Pillow's packer, one band at a time: half the copies of
+        # split() + asarray + stack, and cheaper than transposing an (H, W, 3) array
+        pixels = np.empty((3, self.size, self.size), dtype=np.uint8)
+        for plane, band in zip(pixels, "RGB"):
+            plane[:] = np.frombuffer(image.tobytes("raw", band), dtype=np.uint8).reshape(self.size, self.size)
+        return torch.from_numpy(pixels)  # (3, size, size)
 
     def batch(self, images: list, keys: list[str] | None = None) -> torch.Tensor:
         """Several images → float32 (n, 3, size, size); tensors already preprocessed pass through."""

@@ -12,6 +12,8 @@ from skimage import data
 from libra.tokenizer.image_processing import (
     ImageError,
     ImagePreprocessor,
+    _padding_values,
+    _prefix,
     apply_exif_orientation,
     open_image,
     pad_to_square,
@@ -142,22 +144,92 @@ def test_uint8_path_reproduces_the_fixture_pixels(vt_expected, pad, name):
 
 def test_padded_square_resize_is_pad_then_resize():
     rng = np.random.default_rng(0)
-    photo = Image.fromarray(data.coffee())
-    colour = ImagePreprocessor().pad_colour
-    cases = [
-        (56, 30, 56),
-        (56, 80, 56),
-        (90, 90, 56),
-        (300, 2, 336),
-        (7, 3, 17),
-    ]  # w == size, tall, square ...
-    cases += [
-        (int(rng.integers(2, 400)), int(rng.integers(1, 400)), int(s)) for s in rng.choice([17, 56, 336], 80)
+    photos = [
+        Image.fromarray(data.coffee()),
+        Image.fromarray(data.astronaut()),
+        Image.fromarray(data.rocket()),
     ]
-    for w, h, size in cases:
-        image = photo.resize((w, h))
+    colours = [ImagePreprocessor().pad_colour, (0, 0, 0), (255, 255, 255), (1, 254, 128)]
+    cases = [
+        (56, 30, 56),  # side == size: no resize
+        (30, 56, 56),
+        (90, 90, 56),  # square
+        (300, 2, 336),  # extreme, upscaled padding
+        (2, 300, 336),
+        (7, 3, 17),  # tiny and odd
+        (3, 7, 17),
+        (1, 2, 56),
+        (640, 427, 336),  # photo shapes whose prefix is taken
+        (427, 640, 336),
+        (600, 400, 56),
+        (400, 600, 56),
+        (641, 640, 336),  # near-square
+        (640, 641, 336),
+    ]
+    for _ in range(400):
+        side = int(rng.integers(2, 700))
+        short = (
+            int(rng.integers(1, side + 1))
+            if rng.random() < 0.7
+            else int(rng.integers(side * 9 // 10, side + 1))
+        )
+        cases.append(
+            (side, short, int(rng.choice([56, 336, 17, 224])))
+            if rng.random() < 0.5
+            else (short, side, int(rng.choice([56, 336])))
+        )
+    prefixes = 0
+    for index, (w, h, size) in enumerate(cases):
+        if index % 3 == 0:  # noise: every pixel different, so a wrong weight or bound shows
+            image = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        else:
+            image = photos[index % len(photos)].resize((w, h))
+        colour = colours[index % len(colours)]
         expected = np.asarray(pad_to_square(image, colour).resize((size, size), Image.BICUBIC))
-        assert np.array_equal(np.asarray(padded_square_resize(image, colour, size)), expected), (w, h, size)
+        assert np.array_equal(np.asarray(padded_square_resize(image, colour, size)), expected), (
+            w,
+            h,
+            size,
+            colour,
+        )
+        side = max(w, h)
+        prefixes += w != h and _prefix(side, size, (side - min(w, h)) // 2 + min(w, h)) is not None
+    assert prefixes > len(cases) // 3  # the band path, not only the fallbacks, was compared
+
+
+def test_padding_stays_its_colour_through_both_passes_for_every_level():
+    # The fill of _padding_values rests on this: a constant row or column comes back unchanged.
+    levels = np.arange(256, dtype=np.uint8)
+    rgb = np.stack([levels, 255 - levels, levels * 7], axis=-1)  # every level in every channel
+    for side, size in [(2, 17), (5, 56), (300, 56), (451, 336), (640, 336), (1999, 336), (4000, 56)]:
+        rows = Image.fromarray(np.repeat(rgb[:, None], side, axis=1))  # (256, side): row v is level v
+        assert np.array_equal(
+            np.asarray(rows.resize((size, 256), Image.BICUBIC)), np.repeat(rgb[:, None], size, 1)
+        )
+        columns = Image.fromarray(np.repeat(rgb[None], side, axis=0))  # (side, 256): column v is level v
+        assert np.array_equal(
+            np.asarray(columns.resize((256, size), Image.BICUBIC)), np.repeat(rgb[None], size, 0)
+        )
+        assert _padding_values("RGB", (3, 200, 77), side, size) == ((3, 200, 77), (3, 200, 77))
+
+
+def test_prefix_box_gives_the_first_outputs_of_the_full_resize():
+    # resize(box=(0, 0, end, .)) to count outputs must be the first count of the full resize
+    rng = np.random.default_rng(1)
+    checked = 0
+    for _ in range(300):
+        side, size = int(rng.integers(2, 1200)), int(rng.choice([17, 56, 224, 336]))
+        prefix = _prefix(side, size, image_end=int(rng.integers(1, side + 1)))
+        if prefix is None:
+            continue
+        count, end, extent = prefix
+        assert 0 < count < size and end <= extent <= side
+        noise = Image.fromarray(rng.integers(0, 256, (3, side, 3), dtype=np.uint8))
+        full = np.asarray(noise.resize((size, 3), Image.BICUBIC))
+        part = noise.crop((0, 0, extent, 3)).resize((count, 3), Image.BICUBIC, box=(0, 0, end, 3))
+        assert np.array_equal(np.asarray(part), full[:, :count]), (side, size, prefix)
+        checked += 1
+    assert checked > 100
 
 
 def test_normalisation_table_matches_the_arithmetic_for_every_level():

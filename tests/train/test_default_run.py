@@ -1,8 +1,9 @@
 """`python run.py` (the tiny experiment) from nothing: it must learn, and beat both baselines by the margins.
 
 Data generation, tokenizer training, training and the benchmark all run here (fresh cache dir), so
-the wall time printed is the whole job's. Budget: 5 minutes on an idle 2-core CPU; the bound asserted
-is looser because CI shares its cores.
+the wall time printed is the whole job's (budget: 5 minutes on an idle 2-core CPU). The time is
+reported, not asserted: speed is measured, never pinned by a unit test; the subprocess timeout only
+guards against a hang.
 """
 
 import json
@@ -47,4 +48,3 @@ def test_default_run_learns_beyond_the_baselines(tmp_path):
     print(f"VQA accuracy {vqa:.1f} vs {vqa_base:.1f}; CIDEr {cider:.3f} vs {cider_base:.3f}")
     assert vqa >= vqa_base + 20, metrics
     assert cider >= 2 * cider_base, metrics
-    assert wall < 900, f"the default run took {wall:.0f} s (budget 300 s on an idle 2-core CPU)"
