@@ -13,11 +13,13 @@ Two halves, so the expensive part runs where it belongs:
 image-code spans; ``images_to_pil`` renders spans through the pixel decoder.
 
 Checkpoint folder (the official layout; the model writes its own ``config.json`` + weights beside):
-text tokenizer files, ``vision_tokenizer_config.yaml`` + weights, and the CLIP folder.
+text tokenizer files, ``vision_tokenizer_config.yaml`` + weights, and the CLIP folder; ours also holds
+``libra_processor.json`` (template, max_length, eos, caption masking), which official folders lack.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +34,9 @@ from .image_vocab import ImageVocab
 from .text_tokenizer import IMAGE_PLACEHOLDER, load_text_tokenizer, save_text_tokenizer
 from .token_cache import TokenCache, cache_namespace
 from .vision_tokenizer import VisionTokenizer
+
+# Text-side settings of the processor (template, max_length, ...); absent from official folders.
+PROCESSOR_SETTINGS_FILE = "libra_processor.json"
 
 
 @dataclass
@@ -74,6 +79,14 @@ class LibraProcessor:
     ) -> None:
         self.text_tokenizer = text_tokenizer
         self.vision_tokenizer = vision_tokenizer
+        # What shapes the text side beyond the tokenizer files; saved next to them so an export
+        # prompts and masks exactly as the run that wrote it (official folders lack it: defaults).
+        self.text_settings = {
+            "template": template,
+            "max_length": max_length,
+            "add_eos": add_eos,
+            "caption_mask": caption_mask,
+        }
         cfg = vision_tokenizer.config
         self.vocab = ImageVocab(
             text_vocab_size=text_tokenizer.libra_base_vocab_size,
@@ -121,12 +134,16 @@ class LibraProcessor:
             preprocessor = ImagePreprocessor.from_clip_folder(clip_dir, pad_to_square=pad_to_square)
         else:
             preprocessor = ImagePreprocessor(size=vision.config.resolution, pad_to_square=pad_to_square)
-        return cls(text, vision, preprocessor, **kwargs)
+        settings_file = folder / PROCESSOR_SETTINGS_FILE
+        saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        return cls(text, vision, preprocessor, **{**saved, **kwargs})
 
     def save_pretrained(self, folder: str | Path) -> None:
         """Write text tokenizer files, the vision tokenizer (yaml + safetensors) and the CLIP folder."""
         save_text_tokenizer(self.text_tokenizer, folder)
         self.vision_tokenizer.save_pretrained(folder, self.preprocessor)
+        settings = json.dumps(self.text_settings, indent=2, sort_keys=True) + "\n"
+        (Path(folder) / PROCESSOR_SETTINGS_FILE).write_text(settings)
 
     def to(self, device: torch.device | str) -> LibraProcessor:
         """Move the vision tokenizer (the only device part) and return self."""

@@ -25,6 +25,18 @@ LLAMA_2_SYSTEM = (
 Span = tuple[int, int]
 
 
+def join_message(prefix: str, message: str) -> str:
+    """``prefix + message``, with a space between when the message opens with an image.
+
+    A placeholder is only recognised as ``"▁<img_ph>"`` (spec §5.1): after a newline it would split
+    into ordinary pieces. The space is swallowed by the placeholder token, so it adds no token.
+    """
+    from .text_tokenizer import IMAGE_PLACEHOLDER  # local: text_tokenizer pulls in transformers
+
+    needs_space = message.startswith(IMAGE_PLACEHOLDER) and prefix and not prefix.endswith(" ")
+    return prefix + (" " if needs_space else "") + message
+
+
 @dataclass(frozen=True)
 class ConversationTemplate:
     """How turns become one string. ``style`` picks the layout; the strings are the data.
@@ -75,7 +87,7 @@ class ConversationTemplate:
         for i, (_, message) in enumerate(messages):
             if i % 2 == 0:
                 if i == 0 and self.system:
-                    message = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n{message}"
+                    message = join_message(f"<<SYS>>\n{self.system}\n<</SYS>>\n\n", message)
                 text += ("<s>" if i else "") + f"[INST] {message} [/INST]"
             elif message:
                 text += " "
@@ -90,7 +102,7 @@ class ConversationTemplate:
         text, masked, round_start = "", [], 0
         for i, (_, message) in enumerate(messages):
             if i % 2 == 0:
-                text += message if message.endswith("\n") else message + self.sep
+                text = join_message(text, message if message.endswith("\n") else message + self.sep)
             elif message:
                 masked.append((round_start, len(text)))
                 text += message + self.sep

@@ -198,6 +198,19 @@ def test_save_pretrained_round_trip(processor, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_text_settings_travel_with_the_folder(tmp_path):
+    llama = LibraProcessor.from_pretrained(MODEL_DIR, template="llama_2", max_length=64, add_eos=True)
+    llama.save_pretrained(tmp_path)
+    loaded = LibraProcessor.from_pretrained(tmp_path)
+    assert loaded.text_settings == llama.text_settings
+    assert loaded.collator.template.name == "llama_2"
+    samples = _conversations()
+    assert torch.equal(loaded(samples)["input_ids"], llama(samples)["input_ids"])
+    # an explicit argument wins over the saved file; a folder without the file gets the defaults
+    assert LibraProcessor.from_pretrained(tmp_path, template="v1").collator.template.name == "v1"
+    assert LibraProcessor.from_pretrained(MODEL_DIR).text_settings["template"] == "v1"
+
+
 def test_token_cache_gives_identical_inputs(tmp_path):
     cached = LibraProcessor.from_pretrained(MODEL_DIR, token_cache=tmp_path / "cache")
     plain = LibraProcessor.from_pretrained(MODEL_DIR)
