@@ -19,6 +19,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from libra.config_view import print_composed_config
 from libra.launch import launch
 from libra.validation import validate
 
@@ -26,7 +27,9 @@ from libra.validation import validate
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     validate(cfg)  # before any work: a bad override fails here, naming the key and the fix
-    return launch(cfg, overrides=list(HydraConfig.get().overrides.task))
+    overrides = list(HydraConfig.get().overrides.task)
+    print_composed_config(cfg, overrides)  # print_config=diff (default) | full | none
+    return launch(cfg, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 run.py hands the composed config to ``launch(cfg)``, which picks the path from ``cluster.launcher``:
 
 * ``local``    call the task here (world size 1).
-* ``torchrun`` write the resolved config to ``<run dir>/config.yaml`` once, then start
-  ``torchrun --nproc_per_node=N -m libra.launch <run dir>``; every rank loads that one file and
-  shares that one run dir. (Launching ``torchrun run.py`` instead would make every rank compose its
-  own config and create its own timestamped output dir: the Hydra pitfall this avoids.)
+* ``torchrun`` write the resolved config once, then start ``torchrun ... -m libra.launch <config>``;
+  every rank loads that one file and shares that one run dir. With ``cluster.nodes`` > 1 the same
+  command runs on every node (static rendezvous with ``cluster.node_rank``, or c10d with
+  ``cluster.rdzv_id``) into one shared ``hydra.run.dir``.
 * ``slurm``    we are a task of a job submitted by hydra-submitit-launcher (``cluster=slurm``):
   export RANK / WORLD_SIZE / MASTER_ADDR from the SLURM variables, then call the task.
+* ``run.py`` started by an outside launcher (``torchrun ... run.py``, a PyTorchJob): every rank
+  composed a config of its own; the process group is formed at once and rank 0's resolved config,
+  run dir included, is the one every rank runs.
 
-Every path records the run in its run dir (rank 0): the resolved config (also printed), the command
+Every path records the run in its run dir (rank 0): the resolved config, the command
 line overrides, the git commit and the installed packages. When ``objective`` is set, the value of
 that metric in ``<run dir>/metrics.json`` is returned for Hydra's sweeper.
 """
@@ -21,40 +24,62 @@ import importlib
 import importlib.metadata
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from libra.distributed import rank
+from libra.exit_codes import RunStopped, read_stop_record
+from libra.run_lock import hold_run_dir
+
 # task -> "module:function"; each function takes the composed config.
 TASKS = {
     "train": "libra.train:train",
-    "benchmark": "libra.benchmark:evaluate",
+    "benchmark": "libra.tasks.benchmark:score_checkpoint",
     "chat": "libra.tasks.chat:chat",
     "generate": "libra.tasks.generate:generate",
+    "serve": "libra.serve.app:serve",
+    "demo": "libra.serve.demo:demo",
 }
 CONFIG_FILE = "config.yaml"
+NODE_CONFIGS = "launch"  # <run dir>/launch/<host>-<pid>/: each node's config on several nodes
+HYDRA_OWN_FILES = {".hydra", "run.log"}  # what Hydra writes into a run dir before the task starts
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Read once, at import: set when an outside launcher (torchrun run.py, deepspeed run.py) started this
 # process. Later the recipe sets LOCAL_RANK itself for one-process runs, which must not count.
-_STARTED_BY_OUTSIDE_LAUNCHER = "LOCAL_RANK" in os.environ
+STARTED_BY_OUTSIDE_LAUNCHER = "LOCAL_RANK" in os.environ
 
 
 def launch(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     """Run ``cfg.task`` the way ``cfg.cluster.launcher`` says; returns the sweep objective or None."""
-    _refuse_foreign_launcher(cfg)
-    run_dir = Path(cfg.run_dir)
+    overrides = overrides or []
     launcher = cfg.cluster.launcher
     if launcher == "slurm":
         _export_slurm_distributed_env()
-    if _rank() == 0:
-        record_run(cfg, run_dir, overrides or [])
-    if launcher == "torchrun":
-        run_torchrun(cfg, run_dir)
-    else:
-        run_task(cfg)
+    elif STARTED_BY_OUTSIDE_LAUNCHER:
+        cfg = agree_on_rank0_config(cfg)
+    run_dir = Path(cfg.run_dir)
+    # One job per run dir, locked before anything is written (on several nodes global rank 0's
+    # worker takes the lock; torchrun workers run under their parent's).
+    holds_lock = rank() == 0 and not (launcher == "torchrun" and cfg.cluster.nodes > 1)
+    with hold_run_dir(run_dir) if holds_lock else nullcontext():
+        if launcher == "torchrun" and cfg.cluster.nodes > 1:
+            _require_shared_run_dir()
+            run_torchrun(cfg, write_node_config(cfg, run_dir, overrides))  # worker rank 0 records the run
+        elif launcher == "torchrun":
+            record_run(cfg, run_dir, overrides)
+            run_torchrun(cfg, run_dir / CONFIG_FILE)
+        else:
+            if rank() == 0:
+                record_run(cfg, run_dir, overrides)
+            run_task(cfg)
     return objective(cfg, run_dir)
 
 
@@ -70,44 +95,95 @@ def run_task(cfg: DictConfig) -> Any:
         raise
 
 
-def torchrun_command(cfg: DictConfig, run_dir: Path) -> list[str]:
-    """The torchrun command line that starts every rank on the saved config of ``run_dir``."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes=1",
-        f"--nproc_per_node={cfg.cluster.gpus_per_node}",
-        f"--master_port={cfg.cluster.master_port}",
-        "-m",
-        "libra.launch",
-        str(run_dir),
-    ]
+def torchrun_command(cfg: DictConfig, config_file: Path) -> list[str]:
+    """The torchrun command line that starts this node's ranks on ``config_file``."""
+    c = cfg.cluster
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={c.nodes}"]
+    command.append(f"--nproc_per_node={c.gpus_per_node}")
+    if c.nodes == 1:
+        command.append(f"--master_port={c.master_port}")
+    elif c.rdzv_id is not None:  # c10d: node ranks are handed out at the rendezvous
+        command += ["--rdzv_backend=c10d", f"--rdzv_endpoint={c.master_addr}:{c.master_port}"]
+        command.append(f"--rdzv_id={c.rdzv_id}")
+    else:  # static: every node names its own rank
+        command += [f"--node_rank={c.node_rank}", f"--master_addr={c.master_addr}"]
+        command.append(f"--master_port={c.master_port}")
+    return [*command, "-m", "libra.launch", str(config_file)]
 
 
-def run_torchrun(cfg: DictConfig, run_dir: Path) -> None:
-    """Start the ranks on the config saved in ``run_dir`` and wait; a failed rank fails the run."""
-    command = torchrun_command(cfg, run_dir)
+def run_torchrun(cfg: DictConfig, config_file: Path) -> None:
+    """Start this node's ranks on ``config_file`` and wait; a failed rank fails the run.
+
+    torchrun runs in a session of its own, so a signal meant for the job (Ctrl-C, SLURM's or a
+    scheduler's SIGTERM, SIGUSR1/2) reaches the ranks once: this process forwards it as SIGTERM,
+    which torchrun passes on and the ranks answer with a checkpoint (``RunStopped``, exit 75)."""
+    command = torchrun_command(cfg, config_file)
     print("launching:", " ".join(command), flush=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-    result = subprocess.run(command, env=env, cwd=os.getcwd())
-    if result.returncode != 0:
-        raise RuntimeError(f"torchrun exited with code {result.returncode}; see the rank logs above")
+    process = subprocess.Popen(command, env=env, cwd=os.getcwd(), start_new_session=True)
+    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+    previous = {sig: signal.signal(sig, lambda *_: process.send_signal(signal.SIGTERM)) for sig in forwarded}
+    try:
+        returncode = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if returncode != 0:
+        record = read_stop_record(cfg.run_dir)  # torchrun exits 1 whatever its ranks returned
+        if record is not None:
+            raise RunStopped(int(record["exit_code"]), record)
+        raise RuntimeError(f"torchrun exited with code {returncode}; see the rank logs above")
 
 
-def worker_main(run_dir: str) -> None:
-    """Entry point of each torchrun rank: the config written by the launching process, no Hydra."""
-    cfg = OmegaConf.load(Path(run_dir) / CONFIG_FILE)
+def worker_main(config_file: str) -> None:
+    """Entry point of each torchrun rank: the config the launching process wrote, no Hydra.
+
+    On several nodes each node wrote its own copy (``<run dir>/launch/``); global rank 0 records
+    the run from its node's copy, as a one-node launcher does before starting the ranks."""
+    config_file = Path(config_file)
+    cfg = OmegaConf.load(config_file)
     assert isinstance(cfg, DictConfig)
-    run_task(cfg)
+    records = config_file.parent.parent.name == NODE_CONFIGS and rank() == 0
+    with hold_run_dir(Path(cfg.run_dir)) if records else nullcontext():
+        if records:
+            overrides = (config_file.parent / "overrides.txt").read_text().splitlines()
+            record_run(cfg, Path(cfg.run_dir), overrides)
+        run_task(cfg)
+
+
+def write_node_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Path:
+    """This node's resolved config (and overrides) under ``<run dir>/launch/<host>-<pid>/``."""
+    folder = run_dir / NODE_CONFIGS / f"{socket.gethostname()}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "overrides.txt").write_text("".join(f"{o}\n" for o in overrides))
+    path = folder / CONFIG_FILE
+    path.write_text(OmegaConf.to_yaml(_resolved(cfg)))
+    return path
+
+
+def agree_on_rank0_config(cfg: DictConfig) -> DictConfig:
+    """Under an outside launcher every rank composed its own config, and Hydra gave each a run dir of
+    its own clock: form the process group now and run rank 0's resolved config everywhere. The run
+    dirs Hydra made for the other ranks are removed when they hold nothing but Hydra's own files."""
+    import torch.distributed as dist
+
+    from libra.distributed import init_process_group
+
+    init_process_group()
+    shared = [OmegaConf.to_yaml(_resolved(cfg)) if rank() == 0 else None]
+    dist.broadcast_object_list(shared, src=0)
+    agreed = OmegaConf.create(shared[0])
+    own_dir = Path(cfg.run_dir)
+    stray = rank() != 0 and own_dir.is_dir() and own_dir.resolve() != Path(agreed.run_dir).resolve()
+    if stray and {p.name for p in own_dir.iterdir()} <= HYDRA_OWN_FILES:
+        shutil.rmtree(own_dir, ignore_errors=True)
+    return agreed
 
 
 def record_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
-    """Print the resolved config and write it with the overrides, git commit and package list."""
+    """Write the resolved config with the overrides, git commit and package list."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    text = OmegaConf.to_yaml(resolved)
-    print(text, flush=True)
+    text = OmegaConf.to_yaml(_resolved(cfg))
     (run_dir / CONFIG_FILE).write_text(text)
     (run_dir / "overrides.txt").write_text("".join(f"{o}\n" for o in overrides))
     (run_dir / "git.txt").write_text(_git_state())
@@ -117,7 +193,7 @@ def record_run(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> None:
 
 def objective(cfg: DictConfig, run_dir: Path) -> float | None:
     """``metrics.json[cfg.objective]`` for Hydra sweepers (optuna); None when no objective is set."""
-    if cfg.objective is None or _rank() != 0:
+    if cfg.objective is None or rank() != 0:
         return None
     path = run_dir / "metrics.json"
     if not path.exists():
@@ -128,17 +204,30 @@ def objective(cfg: DictConfig, run_dir: Path) -> float | None:
     return float(metrics[cfg.objective])
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+def _resolved(cfg: DictConfig) -> DictConfig:
+    """A plain copy with every interpolation resolved (``${hydra:...}`` included)."""
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
 
 
-def _refuse_foreign_launcher(cfg: DictConfig) -> None:
-    """run.py under an outside launcher (torchrun run.py, deepspeed run.py) composes once per rank."""
-    if _STARTED_BY_OUTSIDE_LAUNCHER and cfg.cluster.launcher != "slurm":
-        raise RuntimeError(
-            "run.py was started by torchrun/deepspeed: every rank would compose its own config and run "
-            "dir. Start it plainly and let it launch the ranks: "
-            "python run.py cluster=torchrun cluster.gpus_per_node=N"
+def _require_shared_run_dir() -> None:
+    """Nodes compose their configs apart: the run dir must be named, not taken from each node's clock."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from libra.validation import ConfigError, Problem  # validation imports this module
+
+    named = HydraConfig.initialized() and any(
+        o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in HydraConfig.get().overrides.hydra
+    )
+    if not named:
+        raise ConfigError(
+            [
+                Problem(
+                    "hydra.run.dir",
+                    "cluster=torchrun with cluster.nodes > 1 runs this command on every node, and each "
+                    "would make a run dir of its own from its clock",
+                    "hydra.run.dir=/shared/runs/<name>  (one folder of a filesystem every node sees)",
+                )
+            ]
         )
 
 

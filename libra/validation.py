@@ -31,6 +31,8 @@ GROUPS_OF_TASK = {
     "benchmark": ("benchmark",),
     "chat": (),
     "generate": (),
+    "serve": (),
+    "demo": (),
 }
 
 
@@ -61,6 +63,7 @@ class Field:
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # null allowed
     positive: bool = False
+    non_negative: bool = False  # 0 allowed (e.g. an interval of 0 = never)
     default: Any = None  # the value the reading class uses when the key is absent (None: required)
 
 
@@ -69,6 +72,7 @@ class Field:
 SCHEMA: dict[str, Field] = {
     "task": Field((str,), choices=TASKS),
     "seed": Field((int,)),
+    "print_config": Field((str,), choices=("diff", "full", "none"), default="diff"),
     "checkpoint": Field((str,), optional=True),
     "resume": Field((str,), optional=True),
     "objective": Field((str,), optional=True),
@@ -83,11 +87,42 @@ SCHEMA: dict[str, Field] = {
     "trainer.micro_batch_size": Field((int,), positive=True),
     "trainer.precision": Field((str,), choices=PRECISIONS),
     "trainer.grad_clip": Field((int, float), positive=True),
+    # trainer / optimizer keys that the recipe reads (defaults: the values the classes fall back to)
+    "trainer.max_steps": Field((int,), positive=True, default=1000),
+    "trainer.log_every": Field((int,), positive=True, default=10),
+    "trainer.eval_every": Field((int,), non_negative=True, default=200),
+    "trainer.eval_batches": Field((int,), positive=True, default=10),
+    "trainer.checkpoint_every": Field((int,), non_negative=True, default=500),
+    "trainer.keep_last": Field((int,), non_negative=True, default=2),
+    "trainer.num_workers": Field((int,), non_negative=True, default=2),
+    "trainer.max_bad_steps": Field((int,), positive=True, default=3),
+    "trainer.benchmark_every": Field((int,), non_negative=True, default=0),
+    "optimizer.lr": Field((int, float), positive=True, default=1e-4),
+    "optimizer.weight_decay": Field((int, float), non_negative=True, default=0.0),
     "deepspeed.stage": Field((int,), choices=(0, 1, 2, 3)),
     # ZeroSettings defaults: stage0/zero2/zero3 files leave the offload flags out
     "deepspeed.offload_optimizer": Field((bool,), default=False),
     "deepspeed.offload_param": Field((bool,), default=False),
+    # logger=wandb (logger=none has no backend: these are absent there)
+    "logger.log_artifacts": Field((bool,), default=False),
+    "logger.backend.mode": Field((str,), choices=("auto", "online", "offline", "disabled"), default="auto"),
+    "logger.backend.console": Field((str,), choices=("wrap", "redirect", "off"), default="wrap"),
+    "logger.backend.system_metrics": Field((bool,), default=True),
+    "logger.backend.upload_max_mb": Field((int, float), default=64),
 }
+
+# Keys only some tasks read: checked for those tasks.
+_SERVE_BLOCK = {
+    "serve.host": Field((str,)),
+    "serve.port": Field((int,), positive=True),
+    "serve.api_key": Field((str,), optional=True),
+    "serve.model_name": Field((str,)),
+    "serve.allow_local_paths": Field((bool,)),
+    "serve.max_images": Field((int,), positive=True),
+    "serve.max_batch_size": Field((int,), positive=True),
+    "serve.batch_window_ms": Field((int, float)),
+}
+TASK_SCHEMA: dict[str, dict[str, Field]] = {"serve": _SERVE_BLOCK, "demo": _SERVE_BLOCK}
 
 _ABSENT = object()
 _MISSING = object()
@@ -109,7 +144,7 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def _check_schema(cfg: DictConfig) -> list[Problem]:
     problems = []
-    for key, field in SCHEMA.items():
+    for key, field in {**SCHEMA, **TASK_SCHEMA.get(cfg.get("task"), {})}.items():
         value = _get(cfg, key)
         if value is _ABSENT and field.default is not None:
             continue
@@ -136,6 +171,8 @@ def _check_schema(cfg: DictConfig) -> list[Problem]:
             problems.append(Problem(key, f"{value!r} is not one of {options}", f"{key}={field.choices[0]}"))
         elif field.positive and value <= 0:
             problems.append(Problem(key, f"{value} must be > 0", f"{key}=<positive value>"))
+        elif field.non_negative and value < 0:
+            problems.append(Problem(key, f"{value} must be >= 0", f"{key}=0  (or a positive value)"))
     return problems
 
 
@@ -203,7 +240,12 @@ def _check_required(cfg: DictConfig) -> list[Problem]:
 
 
 def world_size(cfg: DictConfig) -> int:
-    """Processes of the run: nodes x processes per node."""
+    """Processes of the run: nodes x processes per node; under an outside launcher (torchrun run.py)
+    the launcher's WORLD_SIZE."""
+    from libra.launch import STARTED_BY_OUTSIDE_LAUNCHER
+
+    if STARTED_BY_OUTSIDE_LAUNCHER and cfg.cluster.launcher == "local":
+        return int(os.environ.get("WORLD_SIZE", "1"))
     return int(cfg.cluster.nodes) * int(cfg.cluster.gpus_per_node)
 
 
@@ -261,36 +303,41 @@ def _rule_offload(cfg: DictConfig) -> list[Problem]:
 
 
 def _rule_launcher(cfg: DictConfig) -> list[Problem]:
-    launcher, world = cfg.cluster.launcher, world_size(cfg)
-    if launcher == "local" and world != 1:
+    launcher, processes = cfg.cluster.launcher, int(cfg.cluster.nodes) * int(cfg.cluster.gpus_per_node)
+    if launcher == "local" and processes != 1:
         return [
             Problem(
                 "cluster.gpus_per_node",
-                f"cluster=local runs one process, but nodes x gpus_per_node = {world}",
+                f"cluster=local runs one process (or the ranks an outside launcher starts), but "
+                f"nodes x gpus_per_node = {processes}",
                 f"cluster=torchrun cluster.gpus_per_node={cfg.cluster.gpus_per_node}"
                 "  (or cluster.gpus_per_node=1)",
             )
         ]
-    if launcher == "torchrun" and cfg.cluster.nodes != 1:
-        return [
-            Problem(
-                "cluster.nodes",
-                f"cluster=torchrun starts processes on this machine only, got {cfg.cluster.nodes} nodes",
-                f"cluster=slurm cluster.nodes={cfg.cluster.nodes}  (or cluster.nodes=1)",
-            )
-        ]
+    if launcher == "torchrun" and cfg.cluster.nodes > 1 and cfg.cluster.get("rdzv_id") is None:
+        node_rank, nodes = cfg.cluster.get("node_rank"), cfg.cluster.nodes
+        if not isinstance(node_rank, int) or isinstance(node_rank, bool) or not 0 <= node_rank < nodes:
+            return [
+                Problem(
+                    "cluster.node_rank",
+                    f"{node_rank!r}: with {nodes} nodes and static rendezvous each node needs its rank",
+                    f"cluster.node_rank=<0..{nodes - 1}>  (or cluster.rdzv_id=<job id> for c10d)",
+                )
+            ]
     return []
 
 
 def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
     problems = []
-    if cfg.task in ("benchmark", "chat", "generate") and cfg.checkpoint is None:
-        problems.append(
-            Problem("checkpoint", f"task={cfg.task} needs a checkpoint folder", "checkpoint=<run dir>/export")
-        )
+    if cfg.task in ("benchmark", "chat", "generate", "serve", "demo") and cfg.checkpoint is None:
+        problems.append(Problem("checkpoint", f"task={cfg.task} needs a checkpoint", "checkpoint=<run dir>"))
     if cfg.checkpoint is not None and cfg.task != "train" and not os.path.isdir(cfg.checkpoint):
         problems.append(
-            Problem("checkpoint", f"{cfg.checkpoint!r} is not a folder", "checkpoint=<existing folder>")
+            Problem(
+                "checkpoint",
+                f"{cfg.checkpoint!r} is not a folder",
+                "checkpoint=<export folder, run dir, checkpoints/step_* folder or official release>",
+            )
         )
     if cfg.task in ("chat", "generate") and not cfg.prompt:
         problems.append(
@@ -332,7 +379,7 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
 
     * image-token count: ``max_vision_token_length`` of config.json == the vision tokenizer's;
     * ``contiguous_signal_size`` == CLIP width x number of selected CLIP layers (the official config's
-      code default 2048 against a 4-layer tokenizer is spec B14);
+      code default 2048 against a 4-layer tokenizer is docs/design.md B14);
     * ``vision_vocab_size`` == codes + boi + eoi, ``vision_codebook_num`` == the tokenizer's codebooks.
     ``key`` is the config key that named the folder (checkpoint, model.init_from).
     """
@@ -340,9 +387,14 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
 
     import yaml
 
+    from libra.pretrained import resolve_pretrained
+
     root = Path(folder)
-    if not (root / "config.json").is_file() and (root / "export" / "config.json").is_file():
-        root = root / "export"  # a run dir: its export is the checkpoint
+    if not (root / "config.json").is_file():
+        try:
+            root = resolve_pretrained(folder).files  # a run dir or step folder: where its config.json is
+        except FileNotFoundError as error:
+            return [Problem(key, str(error), f"{key}=<export folder, run dir or checkpoints/step_* folder>")]
     model_file, vision_file = root / "config.json", root / "vision_tokenizer_config.yaml"
     for needed in (model_file, vision_file):
         if not needed.is_file():

@@ -1,4 +1,6 @@
-"""Baseline for perf/: Libra's forward + loss computed the way the official code does it (spec §3, P1-P4).
+"""Baseline for perf/: Libra's forward + loss computed the way the official code does it.
+
+The algorithm and its costs: docs/design.md §3, P1, P2, P3, P4.
 
 It runs on the parameters of a `LibraForCausalLM` ('1d' mode), so the baseline and our model compute
 the same function, but with the reference's algorithm: boolean-mask routing around every module

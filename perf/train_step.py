@@ -1,8 +1,9 @@
-"""Forward + backward step of Libra against two baselines measured in the same run (issue #2, "Must show" 4).
+"""Forward + backward step of Libra against two baselines measured in the same run.
 
     python perf/train_step.py                    # CPU: small config (hidden 512, 8 layers), fp32
     python perf/train_step.py --device cuda      # GPU: LLaMA-2-7B dimensions with 4 layers, bf16
-    python perf/train_step.py --shapes b --steps 1   # quick look at one shape
+    python perf/train_step.py --shapes b --repeats 1 --steps 1   # quick look at one shape
+    python perf/train_step.py --dims tiny --isolate no --json out.json   # seconds: does it run
 
 Models, all with every parameter trainable, timed on the same batches:
   ours   LibraForCausalLM, `return_logits=False` (split loss, SDPA bridge attention, sorted routing)
@@ -10,36 +11,46 @@ Models, all with every parameter trainable, timed on the same batches:
          materialised bridge score matrices, loss over the concatenated (K, B, N, V + VV) logits
   llama  transformers' LlamaForCausalLM with SDPA attention and the same dimensions (the cost floor)
 Shapes: (a) batch 8, N = 650 (bos + 578 image + 71 text); (b) batch 2, N = 2048 (bos + 578 image + 1469
-text). Each (model, shape) runs in its own subprocess so that peak memory is measured cleanly: on a GPU
-the peak allocated during the step minus what parameters and gradients hold before it (activation
-memory), on the CPU the growth of the peak resident set over the same baseline. "saved" is the size of
-the tensors autograd keeps for the backward pass (parameters excluded), which is device-independent.
-MFU (GPU) counts model FLOPs: 6 x path parameters per token + causal attention, over the bf16 peak.
+text). The models are measured in `--repeats` rounds, one after the other within a round; a round's
+figure is the median of its `--steps` timed steps (after one warm-up step). Every figure is printed as
+median [min - max] over the rounds, and the ratios to a baseline are formed round by round (see
+perf/timing.py). On the CPU each (model, shape, round) runs in its own subprocess so that peak memory is
+measured cleanly (`--isolate`): the growth of the peak resident set over the parameters and gradients.
+On a GPU everything runs in one process and peak memory is the peak allocated during the step minus what
+was allocated before it (activation memory). "saved" is the size of the tensors autograd keeps for the
+backward pass (parameters excluded), which is device-independent. MFU (GPU) counts the FLOPs of the path
+each token takes (libra/model/flops.py) over the bf16 peak of the device.
 """
 
 import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from perf.timing import Spread, ratios, time_calls  # noqa: E402
+
 SHAPES = {"a": (8, 650), "b": (2, 2048)}  # (batch, N): one image of 578 tokens after bos, the rest text
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+DIMS = {
+    "tiny": dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4),
+    "small": dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8),
+    "7b-4layers": dict(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=4, num_attention_heads=32
+    ),
+}
 
 
-def build_config(args):
+def build_config(dims: str):
     from libra.model import LibraConfig
 
-    if args.device == "cpu":
-        dims = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8)
-    else:
-        dims = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=4, num_attention_heads=32)
-    return LibraConfig(**dims, max_position_embeddings=4096)
+    extra = {"contiguous_signal_size": 64} if dims == "tiny" else {}
+    return LibraConfig(**DIMS[dims], **extra, max_position_embeddings=4096)
 
 
 def make_batch(cfg, batch: int, n: int, device, dtype, seed: int = 0) -> dict:
@@ -110,19 +121,13 @@ def step_fn(name, model, batch):
 
 
 def model_flops_per_step(name, cfg, batch, n) -> float:
-    """6 x parameters on each token's path + causal attention (QK and AV, fwd + bwd), per step."""
-    C, inner, L, r = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vision_down_ratio
-    text_layer = 4 * C * C + 3 * C * inner
-    attention = 6 * C * n * L  # per token: 2 matmuls x 2 flops x C x n/2 keys, x3 for fwd + bwd
-    n_image = cfg.max_vision_token_length
-    if name == "llama":
-        return batch * n * (6 * (text_layer * L + C * cfg.vocab_size) + attention)
-    bridge = 2 * 2 * C * cfg.bridge_rank
-    vision_layer = 4 * 2 * C * C // r + 2 * 2 * C * inner // r + (inner + C) * C // r + bridge
-    text_tokens = 6 * ((text_layer + bridge) * L + C * cfg.vocab_size)
-    image_tokens = 6 * (vision_layer * L + cfg.vision_codebook_num * C * cfg.vision_vocab_size)
-    image_tokens += 6 * (C + cfg.contiguous_signal_size) * C
-    return batch * ((n - n_image) * text_tokens + n_image * image_tokens + n * attention)
+    """Training FLOPs of one step on the path each token takes (libra/model/flops.py). LLaMA is the
+    text path alone: it reads the image slots as text tokens and has no bridge."""
+    from libra.model.flops import causal_pairs, training_flops
+
+    n_image = 0 if name == "llama" else cfg.max_vision_token_length
+    pairs = causal_pairs([n] * batch)
+    return training_flops(cfg, batch * (n - n_image), batch * n_image, pairs)
 
 
 def rss_bytes() -> int:
@@ -130,20 +135,12 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def worker(args) -> dict:
-    """One (model, shape): warm-up step, then timed steps; returns the figures as a dict."""
+def measure(name, model, batch, device, steps: int, isolated: bool) -> dict:
+    """One round of one (model, shape): a warm-up step (also counts the saved tensors), then `steps`
+    timed steps. Peak memory on the CPU only when this process holds nothing else (`isolated`)."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    cfg = build_config(args)
-    batch_size, n = SHAPES[args.shape]
-    model = build_model(args.worker, cfg, device, dtype)
-    for p in model.parameters():  # gradients allocated up front: the memory figure is activations only
-        p.grad = torch.zeros_like(p)
-    batch = make_batch(cfg, batch_size, n, device, dtype)
-    run = step_fn(args.worker, model, batch)
+    run = step_fn(name, model, batch)
     params = {p.data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -166,33 +163,38 @@ def worker(args) -> dict:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = run()
     loss.backward()
-    saved_bytes = sum(saved.values())
     del loss
-    times = []
-    for _ in range(args.steps):
-        sync()
-        start = time.perf_counter()
-        run().backward()
-        sync()
-        times.append(time.perf_counter() - start)
+    times = time_calls(lambda: run().backward(), steps, sync).values
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() - base
-    else:
+    elif isolated:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    step = min(times)
-    result = {
-        "step_s": step,
-        "tokens_per_s": batch_size * n / step,
-        "peak_bytes": peak,
-        "saved_bytes": saved_bytes,
-    }
-    result["flops"] = model_flops_per_step(args.worker, cfg, batch_size, n)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name()
-        peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
-        result["mfu"] = result["flops"] / step / (peak_tflops * 1e12) if peak_tflops else None
-        result["device"] = name
-    return result
+    else:
+        peak = None
+    return {"step_s": statistics.median(times), "peak_bytes": peak, "saved_bytes": sum(saved.values())}
+
+
+def prepare(name, cfg, device, dtype):
+    import torch
+
+    model = build_model(name, cfg, device, dtype)
+    for p in model.parameters():  # gradients allocated up front: the memory figure is activations only
+        p.grad = torch.zeros_like(p)
+    return model
+
+
+def worker(args) -> dict:
+    """One (model, shape, round) in a process of its own."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    cfg = build_config(args.dims)
+    batch_size, n = SHAPES[args.shape]
+    model = prepare(args.worker, cfg, device, dtype)
+    batch = make_batch(cfg, batch_size, n, device, dtype)
+    return measure(args.worker, model, batch, device, args.steps, isolated=True)
 
 
 def check_same_loss(args) -> float:
@@ -202,7 +204,7 @@ def check_same_loss(args) -> float:
     from perf.naive_libra import naive_loss
 
     torch.set_num_threads(args.threads)
-    cfg = build_config(args)
+    cfg = build_config(args.dims)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     model = build_model("ours", cfg, args.device, dtype)
     with torch.no_grad():  # switch the bridges on (they start at zero) so that they are compared too
@@ -216,59 +218,148 @@ def check_same_loss(args) -> float:
     return abs(ours.item() - naive.item())
 
 
+def run_rounds(args, names: list[str]) -> dict:
+    """{shape: {model: [one result per round]}}, models interleaved within each round."""
+    import torch
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    isolate = args.isolate == "yes" or (args.isolate == "auto" and device.type == "cpu")
+    cfg = build_config(args.dims)
+    results = {shape: {name: [] for name in names} for shape in args.shapes}
+    models = {}
+    if not isolate:
+        torch.set_num_threads(args.threads)
+        for name in names:  # naive runs on the parameters of ours: one model serves both
+            models[name] = models.get("ours") if name == "naive" and "ours" in models else None
+            models[name] = models[name] or prepare("ours" if name == "naive" else name, cfg, device, dtype)
+    for shape in args.shapes:
+        batch_size, n = SHAPES[shape]
+        batch = None if isolate else make_batch(cfg, batch_size, n, device, dtype)
+        for _ in range(args.repeats):
+            for name in names:
+                if not isolate:
+                    result = measure(name, models[name], batch, device, args.steps, isolated=False)
+                    results[shape][name].append(result)
+                    continue
+                cmd = [sys.executable, __file__, "--worker", name, "--shape", shape, "--device", args.device]
+                cmd += ["--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads)]
+                cmd += ["--dims", args.dims]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode:
+                    raise RuntimeError(f"{name} failed on shape {shape}:\n{done.stderr[-3000:]}")
+                results[shape][name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def summarise(args, raw: dict) -> dict:
+    """Spreads over the rounds, MFU and round-by-round ratios to each baseline."""
+    import torch
+
+    cfg = build_config(args.dims)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in device_name), None)
+    summary = {}
+    for shape, per_model in raw.items():
+        batch_size, n = SHAPES[shape]
+        models = {}
+        for name, rounds in per_model.items():
+            step = [r["step_s"] for r in rounds]
+            flops = model_flops_per_step(name, cfg, batch_size, n)
+            peaks = [r["peak_bytes"] for r in rounds if r["peak_bytes"] is not None]
+            models[name] = {
+                "step_s": Spread(step).as_dict(),
+                "tokens_per_s": Spread([batch_size * n / s for s in step]).as_dict(),
+                "peak_bytes": statistics.median(peaks) if peaks else None,
+                "saved_bytes": rounds[0]["saved_bytes"],
+                "flops_per_step": flops,
+                "mfu": Spread([flops / s / (peak_tflops * 1e12) for s in step]).as_dict()
+                if peak_tflops and args.dtype == "bf16"
+                else None,
+            }
+        versus = {}
+        if "ours" in per_model:
+            ours = per_model["ours"]
+            for base in ("naive", "llama"):
+                if base not in per_model:
+                    continue
+                other = per_model[base]
+                peak = None
+                if models["ours"]["peak_bytes"] is not None and models[base]["peak_bytes"]:
+                    peak = models["ours"]["peak_bytes"] / models[base]["peak_bytes"]
+                versus[base] = {
+                    "step_time": ratios([r["step_s"] for r in ours], [r["step_s"] for r in other]).as_dict(),
+                    "peak_memory": peak,
+                    "saved": models["ours"]["saved_bytes"] / max(models[base]["saved_bytes"], 1),
+                }
+        summary[shape] = {"batch": batch_size, "n": n, "models": models, "ours_vs": versus}
+    return summary
+
+
+def print_summary(summary: dict, args) -> None:
+    for shape, s in summary.items():
+        rounds = f"{args.repeats} rounds x {args.steps} steps"
+        print(f"\nshape ({shape}): batch {s['batch']}, N {s['n']}; {rounds}")
+        header = f"{'step s median [range]':>26}{'tokens/s':>10}{'peak MiB':>10}{'saved MiB':>11}{'MFU':>7}"
+        print(f"{'model':<7}{header}")
+        for name, r in s["models"].items():
+            step = Spread(r["step_s"]["values"])
+            peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "n/a"
+            mfu = f"{r['mfu']['median']:.1%}" if r["mfu"] else "n/a"
+            print(
+                f"{name:<7}{step.format():>26}{r['tokens_per_s']['median']:>10.0f}{peak:>10}"
+                f"{r['saved_bytes'] / 2**20:>11.0f}{mfu:>7}"
+            )
+        for base, v in s["ours_vs"].items():
+            peak = f"x{v['peak_memory']:.2f}" if v["peak_memory"] is not None else "n/a"
+            print(
+                f"ours vs {base}: step time x{Spread(v['step_time']['values']).format(2)}, "
+                f"peak memory {peak}, saved activations x{v['saved']:.2f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
+    parser.add_argument("--dims", choices=sorted(DIMS), help="default: small on cpu, 7b-4layers on cuda")
     parser.add_argument("--shapes", default="ab", help="which of the shapes a, b to run")
     parser.add_argument("--models", default="ours,naive,llama")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up (best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are median [range] over them")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per round after one warm-up")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument(
+        "--isolate",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="a subprocess per measurement (auto: on the CPU, where it keeps peak memory clean)",
+    )
+    parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    args.dims = args.dims or ("small" if args.device == "cpu" else "7b-4layers")
     if args.worker:
         print(json.dumps(worker(args)))
         return
 
-    cfg = build_config(args)
+    cfg = build_config(args.dims)
     dims = {
         k: getattr(cfg, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")
     }
-    print(f"device {args.device}, dtype {args.dtype}, {dims}")
-    print(f"loss |ours - naive| on a 650-token batch: {check_same_loss(args):.2e}")
-    for shape in args.shapes:
-        batch_size, n = SHAPES[shape]
-        results = {}
-        for name in args.models.split(","):
-            cmd = [sys.executable, __file__, "--worker", name, "--shape", shape, "--device", args.device]
-            cmd += ["--dtype", args.dtype, "--steps", str(args.steps), "--threads", str(args.threads)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode:
-                print(f"{name} failed on shape {shape}:\n{done.stderr[-2000:]}")
-                continue
-            results[name] = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"\nshape ({shape}): batch {batch_size}, N {n}")
-        print(f"{'model':<7}{'step s':>9}{'tokens/s':>11}{'peak MiB':>10}{'saved MiB':>11}{'MFU':>7}")
-        for name, r in results.items():
-            mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
-            print(
-                f"{name:<7}{r['step_s']:>9.3f}{r['tokens_per_s']:>11.0f}{r['peak_bytes'] / 2**20:>10.0f}"
-                f"{r['saved_bytes'] / 2**20:>11.0f}{mfu:>7}"
-            )
-        ours = results.get("ours")
-        for base in ("naive", "llama"):
-            if ours and base in results:
-                r = results[base]
-                print(
-                    f"ours vs {base}: tokens/s x{ours['tokens_per_s'] / r['tokens_per_s']:.2f}, "
-                    f"step time x{ours['step_s'] / r['step_s']:.2f}, "
-                    f"peak memory x{ours['peak_bytes'] / max(r['peak_bytes'], 1):.2f}, "
-                    f"saved activations x{ours['saved_bytes'] / max(r['saved_bytes'], 1):.2f}"
-                )
+    print(f"device {args.device}, dtype {args.dtype}, threads {args.threads}, {dims}")
+    same_loss = check_same_loss(args) if "naive" in args.models else None
+    if same_loss is not None:
+        print(f"loss |ours - naive| on a 650-token batch: {same_loss:.2e}")
+    summary = summarise(args, run_rounds(args, args.models.split(",")))
+    print_summary(summary, args)
+    if args.json:
+        record = {"device": args.device, "dtype": args.dtype, "threads": args.threads, "dims": dims}
+        record.update(repeats=args.repeats, steps=args.steps, loss_vs_naive=same_loss, shapes=summary)
+        Path(args.json).write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -164,3 +164,15 @@ def normalize_evalai(text: str) -> str:
     ``?``, split off ``'s``), whitespace cleanup, then both processing steps."""
     text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
     return normalize_evalai_steps(clean_whitespace(text))
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+# How a benchmark task normalises a model's answer before the scorer sees it (and before it goes into
+# a submission file). The official scorer normalises only when the ten human answers differ, so a
+# raw "Yes" scores 0 against a unanimous "yes"; published VQAv2 / VizWiz / OK-VQA / TextVQA numbers
+# are computed on answers passed through the EvalAI answer processor first (LLaVA's submission
+# converters, the m4c evaluator). "none" suits scorers that normalise the answer themselves.
+ANSWER_NORMALIZATION = {"evalai": normalize_evalai, "none": _unchanged}

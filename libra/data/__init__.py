@@ -1,10 +1,11 @@
-"""Data pipelines (spec §6): readers of the real on-disk formats, the synthetic shapes dataset
+"""Data pipelines (docs/design.md §6): readers of the real on-disk formats, the synthetic shapes dataset
 written in those same formats, collation through the processor, resumable positions.
 
 Modules (nothing is imported here, so ``import libra`` stays light):
-  laion             LaionShards: img2dataset webdataset shards as a stream (ranks x workers, resampled,
-                    shuffle buffer, samples_per_epoch for equal steps, exact resume)
-  coco_karpathy     KarpathyCaptions + karpathy_to_coco_ground_truth (list-valued captions, B21)
+  laion             LaionShards: img2dataset webdataset shards as a stream (ranks x workers, every shard
+                    read before any again across epochs or resampled, shuffle buffer, samples_per_epoch
+                    for equal steps, exact resume)
+  coco_karpathy     KarpathyCaptions + karpathy_to_coco_ground_truth (list captions: docs/design.md B21)
   llava_instruct    LlavaInstructions: llava_v1_5_mix665k layout, lazy, text-only, several roots
   vqa               VQAv2Questions (also OK-VQA), TextVQAQuestions, VizWizQuestions, GQAQuestions
   synthetic         synthetic_dataset(cache_dir, **params) -> SyntheticLayout (generated once)

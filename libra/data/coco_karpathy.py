@@ -1,9 +1,9 @@
-"""COCO captions in the Karpathy-split json layout of BLIP/LAVIS (spec §6.2), and the COCO-format
-ground truth that caption metrics score against.
+"""COCO captions in the Karpathy-split json layout of BLIP/LAVIS (docs/design.md §6.2), and the
+COCO-format ground truth that caption metrics score against.
 
 Entries are ``{"image": "val2014/COCO_val2014_000000391895.jpg", "caption": str | [str, ...]}``:
-train files hold one caption per entry, val/test files a list of references (spec B21 — the
-reference caption processor fails on those; here each reference is cleaned on its own).
+train files hold one caption per entry, val/test files a list of references (docs/design.md B21:
+the reference caption processor fails on those; here each reference is cleaned on its own).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from libra.tokenizer.captions import CaptionCleaner
 from libra.tokenizer.samples import CaptionSample
 
-from .images import open_image_file, preprocess
+from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_ERRORS, image_fault, open_image_file, preprocess
 from .json_records import PackedRecords, read_json
 from .skips import Skipped, skip
 
@@ -87,13 +87,14 @@ class KarpathyCaptions(Dataset):
         max_words: int = 64,
         lowercase: bool = True,
         strip_html: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,  # larger images are skipped, counted
     ):
         entries = read_json(annotation_file, "Karpathy caption")
         if not isinstance(entries, list):
             raise ValueError(f"Karpathy caption file {annotation_file} must hold a json list of entries")
         entries = entries[:sample_n] if sample_n is not None else entries
         self.annotation_file, self.image_root = annotation_file, Path(image_root)
-        self.image_transform = image_transform
+        self.image_transform, self.max_image_pixels = image_transform, max_image_pixels
         self.clean_caption = CaptionCleaner(max_words, lowercase, strip_html)
         # (entry position, reference position): the reference list is only read when indexed
         pairs = []
@@ -120,11 +121,11 @@ class KarpathyCaptions(Dataset):
         if not caption:
             return skip("empty_caption", where)
         try:
-            image = open_image_file(self.image_root / relative)
+            image = open_image_file(self.image_root / relative, max_pixels=self.max_image_pixels)
         except FileNotFoundError:
             return skip("missing_image", where, str(self.image_root / relative))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            return skip("corrupt_image", where, str(error))
+        except IMAGE_ERRORS as error:
+            return skip(image_fault(error), where, str(error))
         pixels = preprocess(self.image_transform, image, where)
         if isinstance(pixels, Skipped):
             return pixels

@@ -1,13 +1,17 @@
 """Decoding images for the readers: bytes or files to fully loaded RGB PIL images, the shape test
-of the reference LAION/COCO readers (spec §6.1), and the worker-side preprocessing call.
+of the reference LAION/COCO readers (docs/design.md §6.1), and the worker-side preprocessing call.
 
 Decoding is forced here (``load()``), so a truncated or corrupt file fails inside the reader,
-where it is skipped and counted, not later inside the collator or the model.
+where it is skipped and counted, not later inside the collator or the model. The pixel count is
+checked from the header first: a decompression bomb (a 100 kB PNG can claim 10000 x 10000 pixels,
+300 MB once decoded) is refused before any pixel is decoded. PIL alone only warns up to twice its
+``MAX_IMAGE_PIXELS`` (89 MP) and refuses beyond.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,24 @@ from PIL import Image
 from .skips import skip
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# 8192 x 8192: above any camera photo (a 61 MP full-frame sensor is 9504 x 6336) and below PIL's
+# 89 MP warning threshold; decoded it is ~200 MB of RGB per worker, which a node can bear.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels than the reader's ``max_image_pixels``."""
+
+
+# What opening an image can raise on bad data; ``image_fault`` names the skip reason.
+IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def image_fault(error: Exception) -> str:
+    """The skip reason of an image that could not be opened: too large, else corrupt."""
+    if isinstance(error, (ImageTooLarge, Image.DecompressionBombError)):
+        return "image_too_large"
+    return "corrupt_image"
 
 
 def shape_acceptable(width: int, height: int, ratio_threshold: float | None, min_size: int = 0) -> bool:
@@ -35,14 +57,26 @@ def shape_acceptable(width: int, height: int, ratio_threshold: float | None, min
     return low < width / height < high
 
 
-def decode_image_bytes(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Decode encoded image bytes to RGB. Raises OSError/ValueError on corrupt data.
+def decode_image_bytes(
+    data: bytes, draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """Decode encoded image bytes to RGB. Raises OSError/ValueError on corrupt data and
+    ``ImageTooLarge`` (before decoding) when the header claims more than ``max_pixels`` pixels
+    (None: no limit of ours; PIL's own still applies).
 
     ``draft_size`` lets the JPEG decoder scale by 1/2, 1/4 or 1/8 while decoding (the result stays
     at least that large on both sides), which is much cheaper than decoding full size and
     resizing afterwards; preprocessing resizes to the exact size anyway.
     """
-    image = Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():
+        # the max_pixels check below replaces PIL's warning (PIL's hard limit at twice it stays)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data))  # reads the header only
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLarge(
+            f"{image.width}x{image.height} = {image.width * image.height} pixels, above "
+            f"max_image_pixels={max_pixels}"
+        )
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     image.load()
@@ -50,9 +84,12 @@ def decode_image_bytes(data: bytes, draft_size: int | None = None) -> Image.Imag
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def open_image_file(path: str | Path, draft_size: int | None = None) -> Image.Image:
-    """Open an image file as RGB; FileNotFoundError when it is missing, OSError when corrupt."""
-    return decode_image_bytes(Path(path).read_bytes(), draft_size)
+def open_image_file(
+    path: str | Path, draft_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
+    """Open an image file as RGB; FileNotFoundError when it is missing, OSError when corrupt,
+    ``ImageTooLarge`` above ``max_pixels``."""
+    return decode_image_bytes(Path(path).read_bytes(), draft_size, max_pixels)
 
 
 def preprocess(transform: Callable[[Image.Image], Any] | None, image: Image.Image, where: str) -> Any:

@@ -1,4 +1,5 @@
-"""LLaVA instruction data (the ``llava_v1_5_mix665k.json`` layout) as ``ConversationSample`` (spec §6.3).
+"""LLaVA instruction data (the ``llava_v1_5_mix665k.json`` layout, docs/design.md §6.3) as
+``ConversationSample``.
 
 Entries are ``{"id", optional "image": relative path (or a list of them), "conversations":
 [{"from": "human" | "gpt", "value": str}, ...]}``. Lazy: the json is parsed once, each entry is
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from libra.tokenizer.samples import ConversationSample, Turn
 
-from .images import open_image_file, preprocess
+from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_ERRORS, image_fault, open_image_file, preprocess
 from .json_records import PackedRecords, read_json
 from .skips import Skipped, skip
 
@@ -55,6 +56,7 @@ class LlavaInstructions(Dataset):
         image_transform: Callable[[Image.Image], Any] | None = None,
         dash_underscore_fallback: bool = True,
         image_token_count: int = 578,  # tokens one image takes in the sequence, for ``lengths``
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,  # larger images are skipped, counted
     ):
         entries = read_json(annotation_file, "LLaVA instruction")
         if not isinstance(entries, list):
@@ -66,6 +68,7 @@ class LlavaInstructions(Dataset):
         self.image_transform = image_transform
         self.dash_underscore_fallback = dash_underscore_fallback
         self.image_token_count = image_token_count
+        self.max_image_pixels = max_image_pixels
         self._entries = PackedRecords(entries)
         self._lengths: list[int] | None = None
 
@@ -115,11 +118,11 @@ class LlavaInstructions(Dataset):
         images = []
         for relative in paths:
             try:
-                image = open_image_file(self._find_image(relative))
+                image = open_image_file(self._find_image(relative), max_pixels=self.max_image_pixels)
             except FileNotFoundError:
                 return skip("missing_image", where, f"{relative} under {[str(r) for r in self.image_roots]}")
-            except (OSError, ValueError, Image.DecompressionBombError) as error:
-                return skip("corrupt_image", where, f"{relative}: {error}")
+            except IMAGE_ERRORS as error:
+                return skip(image_fault(error), where, f"{relative}: {error}")
             pixels = preprocess(self.image_transform, image, f"{where} image {relative}")
             if isinstance(pixels, Skipped):
                 return pixels

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from libra.tokenizer.samples import VQASample
 
-from .images import open_image_file, preprocess
+from .images import IMAGE_ERRORS, image_fault, open_image_file, preprocess
 from .json_records import PackedRecords, read_json
 from .skips import Skipped, skip
 
@@ -53,8 +53,8 @@ class _QuestionFile(Dataset):
             image = open_image_file(self.image_root / image_file)
         except FileNotFoundError:
             return skip("missing_image", where, str(self.image_root / image_file))
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            return skip("corrupt_image", where, str(error))
+        except IMAGE_ERRORS as error:
+            return skip(image_fault(error), where, str(error))
         pixels = preprocess(self.image_transform, image, where)
         if isinstance(pixels, Skipped):
             return pixels

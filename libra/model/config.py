@@ -1,4 +1,4 @@
-"""`LibraConfig`: every hyper-parameter of the Libra network (spec §1), with the released 11B values.
+"""`LibraConfig`: every hyper-parameter of the Libra network and the released 11B values (docs/design.md §1).
 
 The defaults are those of the official `libra-11b-chat/config.json` (hidden 4096, 32 layers, 32 heads,
 `contiguous_signal_size` 4096, `rms_norm_eps` 1e-6), so `LibraConfig()` describes the released model and
@@ -11,7 +11,7 @@ configuration module, so importing the config alone still pulls in torch.
 Options the released checkpoints never use are either implemented (`use_bridge=False`,
 `concat_signals=False`, `norm_signals=False`, `use_vision_position_embedding`) or refused here, when the
 config is built (`addition_mode`, `unified_head`, `use_2d_rope`): the reference implements those
-inconsistently (spec §8 B1, B23, B24), so there is no behaviour worth reproducing.
+inconsistently (docs/design.md B1, B23, B24), so there is no behaviour worth reproducing.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -52,7 +52,8 @@ class LibraConfig(PreTrainedConfig):
     newline_token_id: int = 13  # forced after every eoi during generation
     vision_embd_pdrop: float = 0.0
     vision_resid_pdrop: float = 0.0
-    # the released tokenizer concatenates 4 CLIP layers (4 x 1024); the official code default 2048 is B14
+    # the released tokenizer concatenates 4 CLIP layers (4 x 1024); the official default 2048 is wrong
+    # (docs/design.md B14)
     contiguous_signal_size: int = 4096
     vision_prediction_mode: str = "1d"  # "1d": head on the position's own state; "2d": [up ; left] states
 
@@ -77,9 +78,9 @@ class LibraConfig(PreTrainedConfig):
     def check(self) -> None:
         """Validate the whole configuration; every error names the key and how to fix it."""
         refused = {
-            "addition_mode": "the official code applies it to attention but not to the MLP (B23)",
-            "unified_head": "the official code lets logits leak across modalities in training (B24)",
-            "use_2d_rope": "the official code cannot run it with a KV cache (B1)",
+            "addition_mode": "the official code applies it to attention, not the MLP (docs/design.md B23)",
+            "unified_head": "official code: logits leak across modalities in training (docs/design.md B24)",
+            "use_2d_rope": "the official code cannot run it with a KV cache (docs/design.md B1)",
         }
         for key, why in refused.items():
             if getattr(self, key):

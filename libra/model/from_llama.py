@@ -4,7 +4,7 @@
 
 `folder` holds a LLaMA `config.json` and its safetensors weights. The language half of Libra has exactly
 LLaMA's parameter names and shapes, so those weights load 1:1. Every vision weight is new and initialised
-as the official code does when it loads LLaMA weights (spec §2.1): factor A and the vision expert's
+as the official code does when it loads LLaMA weights (docs/design.md §2.1): factor A and the vision expert's
 factor B ~ N(0, initializer_range), the bridges' weight_B = 0 (so the bridges start switched off), norms
 1, embeddings/heads/signal projection ~ N(0, initializer_range). The LLaMA dimensions (vocab, hidden,
 layers, heads, eps, positions, special ids) are taken from its config.json; `config_overrides` set any

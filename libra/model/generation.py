@@ -1,18 +1,27 @@
-"""Generation for `LibraForCausalLM` (spec §4): an explicit decoding loop over 3-D (K, B, N) ids.
+"""Generation for `LibraForCausalLM` (docs/design.md §4): an explicit decoding loop over 3-D (K, B, N) ids.
 
-transformers' `generate` assumes 2-D ids (B12, B29), so this is a small loop of its own: a KV cache,
-greedy / sampling (temperature, top-k, top-p) / beam search for text, left padding, eos stop.
+transformers' `generate` assumes 2-D ids (docs/design.md B12, B29), so this is a small loop of its own:
+a KV cache, greedy / sampling (temperature, top-k, top-p) / beam search for text, left padding, eos stop.
 
 The image structure comes from `vision_indices`, never from searching boi/eoi ids: after each step the
 new token's index is `min(previous + 1, max_vision_token_length)`, so a boi (index 0) is followed by the
 R*R code slots, the eoi slot (M - 1) and then text (M). After the eoi slot a newline is forced.
 
+Decoding has two paths after the prompt's forward (the prefill): the dynamic one (default) runs each step
+through the model's ordinary forward on a cache grown on demand; `cache_implementation="static"` runs
+`LibraForCausalLM.decoding_step` on a cache of fixed length, with no device-to-host read inside the
+step and the same shapes at every step, and `compile=True` compiles that step (torch.compile; CUDA
+graphs on a GPU). Both give the same tokens. Which key/value sets the cache keeps follows from the
+vision-index rule too: a row on a text slot stays text, so once every row is on a text slot no image
+query can come and the set only image queries read is not kept (see `LibraCache`).
+
 `strict_image_structure=False` reproduces the official behaviour (what the fixtures record): the
 newline is forced with +inf/-inf logits and only on steps after the first, and the eoi slot holds
 whatever the vision head predicts. `strict_image_structure=True` (default) additionally forces eoi in
 the eoi slot, keeps boi/eoi out of code slots and forces with finite logits (0 at the forced id), also
-on the first step (fixes B7, B8, B9). In both modes a forced row takes its forced token directly, text is
-sampled once and shared by every codebook (B16), and the text after an image is kept whole (B15).
+on the first step (docs/design.md B7, B8, B9). In both modes a forced row takes its forced token
+directly, text is sampled once and shared by every codebook, and the text after an image is kept whole
+(docs/design.md B16, B15).
 """
 
 from dataclasses import dataclass
@@ -28,6 +37,7 @@ class LibraGenerateOutput(ModelOutput):
     sequences: torch.Tensor | None = None  # (K, B, N + T)
     scores: tuple[torch.Tensor, ...] | None = None  # per step (K, B, vocab_size + vision_vocab_size)
     sequences_scores: torch.Tensor | None = None  # (B,) beam search: length-normalised log-probability
+    cache: LibraCache | None = None  # the KV cache at the end (None without use_cache)
 
 
 def filter_scores(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
@@ -68,6 +78,9 @@ def generate(
     return_dict_in_generate: bool = False,
     output_scores: bool = False,
     generator: torch.Generator | None = None,
+    streamer=None,
+    cache_implementation: str | None = None,
+    compile: bool = False,
     **unexpected,
 ):
     """Decode `max_new_tokens` tokens after a left-padded (K, B, N) prompt; returns (K, B, N + T) ids.
@@ -75,9 +88,16 @@ def generate(
     With `return_dict_in_generate=True` a `LibraGenerateOutput`; `output_scores=True` adds the per-step
     (K, B, V + VV) scores used to pick each token (after forcing and sampling filters). Rows stop at
     `eos_token_id` (config.eos_token_id by default) and are then filled with `pad_token_id`.
+    `streamer` (transformers' protocol, on 3-D ids): `streamer.put(tokens)` gets each step's (K, B)
+    tokens as soon as they are chosen, and `streamer.end()` is called when decoding stops.
+    `cache_implementation`: "dynamic" (default) or "static" (a fixed-length cache and the separate
+    `decoding_step` path); `compile=True` compiles that step and implies "static".
     """
     if unexpected:
         raise TypeError(f"generate() got unsupported arguments {sorted(unexpected)}.")
+    if streamer is not None and num_beams > 1:
+        raise ValueError("generate: a streamer needs num_beams=1 (beam search picks its tokens at the end).")
+    static = _wants_static_cache(cache_implementation, compile, use_cache, num_beams)
     cfg = self.config
     if vision_indices is None:
         raise ValueError(
@@ -106,9 +126,17 @@ def generate(
     # positions count real tokens, so left padding does not shift them; padded slots get 1 (as the reference)
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     signal = contiguous_signal
-    cache = LibraCache(cfg.num_hidden_layers) if use_cache else None
-    if cache is not None:
+    # a row on a text slot stays text (the next index is min(index + 1, M)): from the prompt's last
+    # indices the host knows how many rows hold an image token at every step, without reading the device
+    last_index = vision_indices[:, -1].tolist()
+    cache = None
+    if use_cache:
+        # image queries come at step s >= 1 only while min(last_index) + s < M
+        image_queries = min(last_index) + 1 < M
+        max_length = _static_length(N + max_new_tokens) if static else None
+        cache = LibraCache(cfg.num_hidden_layers, image_queries=image_queries, max_length=max_length)
         cache.capacity_hint = N + max_new_tokens
+    step_fn = _decoding_step_fn(self, compile) if static else None
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     all_scores = []
     columns = torch.arange(V + VV, device=ids.device)
@@ -116,7 +144,7 @@ def generate(
     for step in range(max_new_tokens):
         if cache is None or step == 0:
             if signal is not None and signal.shape[1] < ids.shape[-1]:
-                # generated tokens carry no CLIP features (spec §4.2)
+                # generated tokens carry no CLIP features (docs/design.md §4.2)
                 signal = torch.cat(
                     [signal, signal.new_zeros(B, ids.shape[-1] - signal.shape[1], signal.shape[2])], 1
                 )
@@ -124,12 +152,25 @@ def generate(
                 input_ids=ids, attention_mask=mask, vision_indices=vis, contiguous_signal=signal,
                 position_ids=pos, past_key_values=cache, use_cache=cache is not None, last_logits_only=True,
             )  # fmt: skip
+            logits = out.logits
+        elif static:
+            n_vision = sum(index + step < M for index in last_index)
+            if compile and ids.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
+            # fresh contiguous copies: the same strides at every step, so a compiled step is reused
+            last = [t[..., -1:].clone(memory_format=torch.contiguous_format) for t in (ids, vis, pos)]
+            logits = step_fn(*last, cache, n_vision)
+            logits = logits.clone() if compile else logits  # CUDA graphs reuse their output memory
+            cache.advance(1)
         else:
             out = self(
                 input_ids=ids[:, :, -1:], attention_mask=mask, vision_indices=vis[:, -1:],
                 position_ids=pos[:, -1:], past_key_values=cache, use_cache=True, last_logits_only=True,
             )  # fmt: skip
-        scores = out.logits[:, :, -1].float()  # (K, B, V + VV)
+            logits = out.logits
+        if cache is not None and cache.image_queries and min(last_index) + step + 1 >= M:
+            cache.stop_image_queries()  # every later query is text
+        scores = logits[:, :, -1].float()  # (K, B, V + VV)
         vis_last = vis[:, -1]
         vis_next = (vis_last + 1).clamp(max=M)
 
@@ -140,7 +181,7 @@ def generate(
             if step == 0 and bool((vis_last == M - 1).any()):
                 raise ValueError(
                     "generate: a prompt ends in the eoi slot, which the official decoding cannot continue "
-                    "(B9); pass strict_image_structure=True."
+                    "(docs/design.md B9); pass strict_image_structure=True."
                 )
             forced_value = torch.where(columns == newline, float("inf"), float("-inf"))
             scores = torch.where(force_newline[None, :, None], forced_value, scores)
@@ -160,7 +201,7 @@ def generate(
             probs = torch.nan_to_num(probs, nan=0.0)
             probs[..., 0] += probs.sum(-1) == 0  # a fully forced row: any valid draw, replaced below
             next_tokens = torch.multinomial(probs.view(K * B, -1), 1, generator=generator).view(K, B)
-            # text is one token shared by every codebook (the reference draws K times, B16)
+            # text is one token shared by every codebook (the reference draws K times, docs/design.md B16)
             next_tokens = torch.where(vis_next == M, next_tokens[0], next_tokens)
         else:
             next_tokens = scores.argmax(-1)  # (K, B)
@@ -176,19 +217,59 @@ def generate(
         vis = torch.cat([vis, vis_next[:, None]], dim=-1)
         mask = torch.cat([mask, mask.new_ones(B, 1)], dim=-1)
         pos = torch.cat([pos, pos[:, -1:] + 1], dim=-1)
+        if streamer is not None:
+            streamer.put(next_tokens)
         if bool(finished.all()):
             break
 
+    if streamer is not None:
+        streamer.end()
     if return_dict_in_generate:
-        return LibraGenerateOutput(sequences=ids, scores=tuple(all_scores) if output_scores else None)
+        return LibraGenerateOutput(
+            sequences=ids, scores=tuple(all_scores) if output_scores else None, cache=cache
+        )
     return ids
+
+
+def _wants_static_cache(cache_implementation: str | None, compile: bool, use_cache: bool, num_beams: int):
+    """Whether generate decodes on a static cache; refuses the combinations that cannot work."""
+    if cache_implementation not in (None, "dynamic", "static"):
+        raise ValueError(
+            f"generate: cache_implementation={cache_implementation!r}; use 'dynamic' or 'static'."
+        )
+    if compile and cache_implementation == "dynamic":
+        raise ValueError("generate: compile=True needs the static cache; leave cache_implementation unset.")
+    static = compile or cache_implementation == "static"
+    if static and not use_cache:
+        raise ValueError("generate: a static cache needs use_cache=True.")
+    if static and num_beams > 1:
+        raise ValueError("generate: beam search reorders its cache; use the dynamic cache (compile=False).")
+    return static
+
+
+def _static_length(n: int) -> int:
+    """Length of a static cache for n positions, rounded up to a multiple of 128: prompts of similar
+    length share one compiled step (the masked extra slots cost little)."""
+    return -(-n // 128) * 128
+
+
+def _decoding_step_fn(model, compile: bool):
+    """`model.decoding_step`, compiled once per model with compile=True (CUDA graphs on a GPU)."""
+    if not compile:
+        return model.decoding_step
+    compiled = model.__dict__.get("_compiled_decoding_step")
+    if compiled is None:
+        mode = "reduce-overhead" if model.device.type == "cuda" else None
+        compiled = torch.compile(model.decoding_step, mode=mode, fullgraph=True, dynamic=False)
+        model.__dict__["_compiled_decoding_step"] = compiled
+    return compiled
 
 
 def _beam_search(
     self, input_ids, attention_mask, vision_indices, contiguous_signal, max_new_tokens, num_beams,
     length_penalty, eos, pad, return_dict,
 ):  # fmt: skip
-    """Beam search over text continuations (the reference's is broken, B13).
+    """Beam search over text continuations (the reference's is broken, docs/design.md B13).
 
     A hypothesis' score is its summed log-probability divided by (new tokens) ** length_penalty; a row is
     done once it has `num_beams` finished hypotheses (those ending in eos). Only text continuations are
@@ -206,7 +287,7 @@ def _beam_search(
     vis = vision_indices[expand]
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     signal = contiguous_signal[expand] if contiguous_signal is not None else None
-    cache = LibraCache(cfg.num_hidden_layers)
+    cache = LibraCache(cfg.num_hidden_layers, image_queries=False)  # every query is text
     cache.capacity_hint = N + max_new_tokens
     beam_scores = torch.full((B, nb), float("-inf"), device=ids.device)
     beam_scores[:, 0] = 0.0  # all beams start identical: expand only the first one

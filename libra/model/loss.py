@@ -1,4 +1,4 @@
-"""Libra's training loss (spec §3.10) without the (K, B, N, text + vision) joint logits (spec P4).
+"""Libra's training loss without the (K, B, N, text + vision) joint logits (docs/design.md §3.10, P4).
 
 The official loss is, per codebook k, the mean cross-entropy of the joint logits (text columns at text
 positions, vision columns at image positions, -inf elsewhere) against the next-position labels, averaged

@@ -1,4 +1,4 @@
-"""The Libra network, top to bottom (paper §3: routed visual expert + cross-modal bridge; spec §2-3).
+"""The Libra network, top to bottom: routed visual expert + cross-modal bridge (paper §3; docs/design.md §3).
 
 Every position is a text token or an image token, decided by `vision_indices` (< max_vision_token_length
 marks an image slot). Text tokens run through the LLaMA-2 weights, image tokens through the parallel
@@ -11,16 +11,18 @@ works on two contiguous slices of that sorted tensor, and only the attention goe
 (one gather in, one gather per pass out). No layer indexes with a boolean mask, so there is no
 device-to-host sync inside the layers; the forward reads the device once (`read_batch_facts`).
 
-Attention: the two key/value sets of the bridge (spec §3.5) are attended with two fused
+Attention: the two key/value sets of the bridge (docs/design.md §3.5) are attended with two fused
 `scaled_dot_product_attention` passes, one per set, and each query row keeps the output of its own
 modality's set. The text pass covers all queries; the image pass only the columns that hold image
 tokens (`AttentionLayout`). No N x N score matrix is built.
 
-Parameter names equal the official checkpoint's (spec §2.2), so official folders load with
-`from_pretrained` unchanged; its constant buffers (§2.3) are ignored on load and computed on the fly.
+Parameter names equal the official checkpoint's (docs/design.md §2.2), so official folders load with
+`from_pretrained` unchanged; its constant buffers (docs/design.md §2.3) are ignored on load and
+computed on the fly.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +51,7 @@ class LibraRMSNorm(nn.Module):
 
 
 class LibraLinear(nn.Module):
-    """Bias-free factorised linear y = B(A x) (spec §2.1), kept as two matmuls to match the checkpoint.
+    """Bias-free factorised linear y = B(A x), two matmuls as in the checkpoint (docs/design.md §2.1).
 
     rank=None: rank = out_features // down_ratio (vision expert); rank=r: the bridge projections.
     """
@@ -65,15 +67,54 @@ class LibraLinear(nn.Module):
         return F.linear(F.linear(x, self.weight_A), self.weight_B)
 
 
-def low_rank_group(x: torch.Tensor, layers: list[LibraLinear]) -> list[torch.Tensor]:
-    """[layer(x) for layer in layers], with the A factors stacked into one GEMM (spec P3).
+class LowRankGroups(nn.Module):
+    """Base of modules that run groups of LibraLinear sharing one input (attention, MLP; docs/design.md P3).
 
-    Same math as calling each LibraLinear (B(A x)); one wide GEMM runs much better than several skinny
-    ones, and the stacked A is only (sum of ranks, in) large.
+    A group's A factors are stacked into one matrix, so one wide GEMM replaces several skinny ones (the
+    stacked A is only (sum of ranks, in) large); the B factors stay separate. While the module trains or
+    autograd records a trainable factor, the stack is rebuilt by torch.cat on every call, which passes the
+    gradient on to each module's own parameter. Otherwise (eval mode, inference) it is built once and
+    reused while every factor keeps its storage, dtype and version counter (each in-place update of a
+    parameter bumps it, load_state_dict included). Entering train mode or moving the module (`.to`,
+    `.half`) drops the stacks: DeepSpeed's optimizers write parameters through `.data`, which the version
+    counter does not see. ZeRO-3 parameters (gathered per forward) and traced code (torch.compile)
+    always concatenate.
     """
-    ranks = [layer.weight_A.shape[0] for layer in layers]
-    z = F.linear(x, torch.cat([layer.weight_A for layer in layers]))  # (n, sum of ranks)
-    return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
+
+    def __init__(self):
+        super().__init__()
+        self._stacks: dict[str, tuple[tuple, torch.Tensor]] = {}
+
+    def stacked_A(self, name: str, layers: list["LibraLinear"]) -> torch.Tensor:
+        weights = [layer.weight_A for layer in layers]
+        if (
+            torch.compiler.is_compiling()
+            or self.training
+            or (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
+            or any(hasattr(w, "ds_id") for w in weights)
+        ):
+            return torch.cat(weights)
+        key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+        cached = self._stacks.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._stacks[name] = (key, torch.cat(weights))
+        return cached[1]
+
+    def low_rank_group(self, name: str, x: torch.Tensor, layers: list["LibraLinear"]) -> list[torch.Tensor]:
+        """[layer(x) for layer in layers], the A factors as one GEMM; no work at all for zero rows."""
+        if x.shape[0] == 0:  # e.g. no image token in a decoding step: not even the stack is needed
+            return [x.new_zeros(0, layer.weight_B.shape[0]) for layer in layers]
+        ranks = [layer.weight_A.shape[0] for layer in layers]
+        z = F.linear(x, self.stacked_A(name, layers))  # (n, sum of ranks)
+        return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
+
+    def train(self, mode: bool = True):
+        self._stacks.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._stacks.clear()
+        return super()._apply(fn, recurse)
 
 
 @dataclass
@@ -135,8 +176,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-class LibraAttention(nn.Module):
-    """Causal self-attention with routed q/k/v/o and the cross-modal bridge on keys and values (spec §3.5)."""
+class LibraAttention(LowRankGroups):
+    """Causal self-attention, routed q/k/v/o, cross-modal bridge on keys and values (docs/design.md §3.5)."""
 
     def __init__(self, config: LibraConfig, layer_idx: int):
         super().__init__()
@@ -173,33 +214,34 @@ class LibraAttention(nn.Module):
         B, N = routing.vision_mask.shape
         H, D = self.n_head, self.head_dim
         h_text, h_vision = routing.split(h)
+        has_image_queries = routing.n_text < B * N
+        # the key/value set of image queries is built only if some query reads it, now or from the cache
+        image_set = self.use_bridge and (has_image_queries or (cache is not None and cache.image_queries))
         q_text, k_text, v_text = self.q_proj(h_text), self.k_proj(h_text), self.v_proj(h_text)
         # image rows: the A factors of q/k/v (and the bridges) share their input, so run them as one GEMM
         vision = [self.vision_q_proj, self.vision_k_proj, self.vision_v_proj]
         if self.use_bridge:
             vision += [self.vision_k_bridge_on_vision, self.vision_v_bridge_on_vision]
-        q_vision, k_vision, v_vision, *bridge_vision = low_rank_group(h_vision, vision)
-        q = torch.cat([q_text, q_vision])
-        if self.use_bridge:
-            kb_text, vb_text = low_rank_group(
-                h_text, [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
+        q_vision, k_vision, v_vision, *bridge_vision = self.low_rank_group("vision", h_vision, vision)
+        parts = [torch.cat([q_text, q_vision])]
+        if self.use_bridge:  # key/value set seen by text queries: image keys carry their bridge term
+            kb_vision, vb_vision = bridge_vision
+            parts += [torch.cat([k_text, k_vision + kb_vision]), torch.cat([v_text, v_vision + vb_vision])]
+        else:  # one key/value set serves both modalities
+            parts += [torch.cat([k_text, k_vision]), torch.cat([v_text, v_vision])]
+        if image_set:  # key/value set seen by image queries: text keys carry their bridge term
+            kb_text, vb_text = self.low_rank_group(
+                "text_bridge", h_text, [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
             )
-            # key/value set seen by image queries: text keys carry their bridge term
-            k_for_vision = torch.cat([k_text + kb_text, k_vision])
-            v_for_vision = torch.cat([v_text + vb_text, v_vision])
-            # key/value set seen by text queries: image keys carry their bridge term
-            k_for_text = torch.cat([k_text, k_vision + bridge_vision[0]])
-            v_for_text = torch.cat([v_text, v_vision + bridge_vision[1]])
-            qkv = torch.stack([q, k_for_vision, k_for_text, v_for_vision, v_for_text], dim=1)  # (B*N, 5, C)
-        else:
-            k, v = torch.cat([k_text, k_vision]), torch.cat([v_text, v_vision])
-            qkv = torch.stack([q, k, k, v, v], dim=1)  # one key/value set serves both modalities
-        qkv = routing.to_sequence(qkv, B).view(B, N, 5, H, D).permute(2, 0, 3, 1, 4)  # (5, B, H, N, D)
-        q, k_v, k_t, v_v, v_t = qkv.unbind(0)
+            parts += [torch.cat([k_text + kb_text, k_vision]), torch.cat([v_text + vb_text, v_vision])]
+        S = len(parts)
+        qkv = routing.to_sequence(torch.stack(parts, dim=1), B)  # (B, N, S, C) in sequence order
+        qkv = qkv.view(B, N, S, H, D).permute(2, 0, 3, 1, 4)  # (S, B, H, N, D)
         cos, sin = rope
-        q, k_v, k_t = apply_rope(q, cos, sin), apply_rope(k_v, cos, sin), apply_rope(k_t, cos, sin)
-        if cache is not None:
-            k_v, k_t, v_v, v_t = cache.update(self.layer_idx, k_v, k_t, v_v, v_t)  # (B, H, P+N, D) each
+        q, k_t, v_t = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2]
+        kv_v = (apply_rope(qkv[3], cos, sin), qkv[4]) if image_set else None
+        if cache is not None:  # (B, H, P+N, D) each
+            (k_t, v_t), kv_v = cache.update(self.layer_idx, (k_t, v_t), kv_v, attn.cache_position)
 
         dropout = self.attn_pdrop if self.training else 0.0
         out_t = F.scaled_dot_product_attention(
@@ -209,8 +251,9 @@ class LibraAttention(nn.Module):
         out_text = out_t.index_select(0, routing.perm[: routing.n_text])
         if not self.use_bridge:  # a single key/value set: the text pass already serves image queries
             out_vision = out_t.index_select(0, routing.perm[routing.n_text :])
-        elif routing.n_text < B * N:
+        elif has_image_queries:
             # image queries only need the columns [lo, hi) that hold them, against keys [0, past + hi)
+            k_v, v_v = kv_v
             lo, hi = attn.vision_span
             end = k_v.shape[2] - (N - hi)
             out_v = F.scaled_dot_product_attention(
@@ -235,7 +278,8 @@ class AttentionLayout:
     Text pass: all N queries, `is_causal` or a boolean (B, 1, N, P+N) mask. Image pass: only the query
     columns [lo, hi) that contain image tokens (an image is one contiguous block, so for a long text
     sample this pass is short), with `vision_rows` picking the image rows out of its (B * (hi - lo))
-    outputs in sorted order.
+    outputs in sorted order. `cache_position` is set only in a decoding step on a static cache: the
+    keys are then the cache's whole fixed-length storage and the masks say which slots count.
     """
 
     mask: torch.Tensor | None
@@ -244,6 +288,15 @@ class AttentionLayout:
     vision_mask: torch.Tensor | None
     vision_is_causal: bool
     vision_rows: torch.Tensor | None
+    cache_position: torch.Tensor | None = None
+
+    @classmethod
+    def for_decoding_step(cls, cache: LibraCache, routing: Routing) -> "AttentionLayout":
+        """One new position per row against every slot of a static cache (no host read, fixed shapes)."""
+        mask = cache.decode_key_mask()[:, None, None, :]  # (B, 1, 1, max_length)
+        if routing.n_text == routing.perm.numel():
+            return cls(mask, False, (0, 0), None, False, None, cache.position)
+        return cls(mask, False, (0, 1), mask, False, routing.perm[routing.n_text :], cache.position)
 
     @classmethod
     def build(cls, attention_mask, routing: Routing, n_past: int, left_padded: bool, vision_span):
@@ -278,8 +331,8 @@ class AttentionLayout:
         return cls(mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows)
 
 
-class LibraMLP(nn.Module):
-    """SwiGLU MLP: dense for text rows, low-rank (LibraLinear) for image rows (spec §3.6)."""
+class LibraMLP(LowRankGroups):
+    """SwiGLU MLP: dense for text rows, low-rank (LibraLinear) for image rows (docs/design.md §3.6)."""
 
     def __init__(self, config: LibraConfig):
         super().__init__()
@@ -294,13 +347,13 @@ class LibraMLP(nn.Module):
     def forward(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
         h_text, h_vision = routing.split(h)
         out_text = self.down_proj(F.silu(self.gate_proj(h_text)) * self.up_proj(h_text))
-        gate, up = low_rank_group(h_vision, [self.vision_gate_proj, self.vision_up_proj])
+        gate, up = self.low_rank_group("gate_up", h_vision, [self.vision_gate_proj, self.vision_up_proj])
         out_vision = self.vision_down_proj(F.silu(gate) * up)
         return torch.cat([out_text, out_vision])
 
 
 class LibraDecoderLayer(nn.Module):
-    """Pre-norm LLaMA block whose norms, projections and MLP are routed by modality (spec §3.4)."""
+    """Pre-norm LLaMA block whose norms, projections and MLP are routed by modality (docs/design.md §3.4)."""
 
     def __init__(self, config: LibraConfig, layer_idx: int):
         super().__init__()
@@ -334,7 +387,7 @@ class LibraPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LibraDecoderLayer"]
     _supports_sdpa = True
-    # constant buffers of the official checkpoint (spec §2.3): accepted when present, recomputed here
+    # constant buffers of the official checkpoint (docs/design.md §2.3): accepted if present, recomputed
     _keys_to_ignore_on_load_unexpected = [
         r"rotary_emb\.inv_freq",
         r"^naive_placeholder$",
@@ -378,7 +431,7 @@ class LibraModelOutput:
 
 
 class LibraModel(LibraPreTrainedModel):
-    """Embeddings + decoder stack + routed final norm (spec §3.2-3.4)."""
+    """Embeddings + decoder stack + routed final norm (docs/design.md §3.2, §3.3, §3.4)."""
 
     def __init__(self, config: LibraConfig):
         super().__init__(config)
@@ -416,7 +469,7 @@ class LibraModel(LibraPreTrainedModel):
         contiguous_signal: torch.Tensor | None,
         routing: Routing,
     ) -> torch.Tensor:
-        """Input embeddings, sorted (B*N, C): text rows from embed_tokens, image rows from spec §3.2."""
+        """Input embeddings, sorted (B*N, C): text rows, then image rows as in docs/design.md §3.2."""
         cfg = self.config
         K = cfg.vision_codebook_num
         ids = input_ids.reshape(K, -1).index_select(1, routing.perm)  # (K, B*N) sorted
@@ -472,6 +525,8 @@ class LibraModel(LibraPreTrainedModel):
             )
         if position_ids is None:
             position_ids = torch.arange(n_past, n_past + N, device=input_ids.device).expand(B, N)
+        if cache is not None and cache.is_static:
+            cache.begin_forward(attention_mask, B, input_ids.device)
         attn = AttentionLayout.build(attention_mask, routing, n_past, left_padded, vision_span)
 
         x = self.embed(input_ids, vision_indices, contiguous_signal, routing)  # (B*N, C) sorted
@@ -496,6 +551,31 @@ class LibraModel(LibraPreTrainedModel):
             cache=cache,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+
+    def decoding_step(
+        self,
+        input_ids: torch.Tensor,
+        vision_indices: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: LibraCache,
+        n_vision: int,
+    ) -> tuple[torch.Tensor, Routing]:
+        """One new position per row ((K, B, 1) ids) on a static cache, with no device-to-host read and
+        the same shapes at every step, so that it can be compiled (CUDA graphs included).
+
+        `n_vision`, how many rows hold an image token, comes from the caller, who knows it from the
+        vision-index rule; the ids are not checked (the caller chose them). The cache is not advanced:
+        the caller does that outside the traced code. Returns the final hidden states (B, C), sorted as
+        the routing says, and the routing.
+        """
+        cfg = self.config
+        routing = Routing.from_vision_mask(vision_indices < cfg.max_vision_token_length, n_vision)
+        attn = AttentionLayout.for_decoding_step(cache, routing)
+        x = self.embed(input_ids, vision_indices, None, routing)  # generated tokens carry no CLIP features
+        rope = rope_cos_sin(position_ids, cfg.head_dim, x.dtype)
+        for layer in self.layers:
+            x = layer(x, routing, rope, attn, cache)
+        return routed(x, routing, self.norm, self.vision_norm), routing
 
 
 def check_inputs(cfg, input_ids, vision_indices, attention_mask, contiguous_signal) -> None:
@@ -584,7 +664,7 @@ class LibraCausalLMOutput(ModelOutput):
 
 
 class LibraForCausalLM(LibraPreTrainedModel):
-    """LibraModel + the text head `lm_head` and the per-codebook `vision_lm_head` (spec §3.9-3.10)."""
+    """LibraModel + the text head `lm_head` and per-codebook `vision_lm_head` (docs/design.md §3.9, §3.10)."""
 
     _tied_weights_keys = {}
 
@@ -610,15 +690,18 @@ class LibraForCausalLM(LibraPreTrainedModel):
         flat_pos: torch.Tensor,
         vision_indices: torch.Tensor,
         history: torch.Tensor | None,
+        n_past: int | torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Input of the vision head for rows h (n, C) at flat positions b * N + n: (n, C), or (n, 2C) in '2d'.
 
-        2d (spec §3.9): the row at image slot i predicts code i (grid cell r, c = divmod(i, R)) from
+        2d (docs/design.md §3.9): the row at image slot i predicts code i (grid cell r, c = divmod(i, R)) from
         [state of the cell above ; state of the cell to the left]. The cell to the left is the row's own
         state (slot i holds code i - 1), or boi's own state for i = 0; the cell above sits R - 1 slots back.
         Missing neighbours (first row, first column) are the learned placeholder. The last code slot and
         eoi use [own state ; placeholder]. `history` is the (B, P+N, C) final states of all positions in
-        sequence order (cached + new) so that the cell above can lie in the KV-cached past.
+        sequence order (cached + new) so that the cell above can lie in the KV-cached past; `n_past` (how
+        many of them precede the new positions) defaults to P, and is the device position of a static
+        cache, whose history has its fixed length.
         """
         if self.config.vision_prediction_mode == "1d":
             return h
@@ -627,7 +710,7 @@ class LibraForCausalLM(LibraPreTrainedModel):
         b, n = flat_pos // N, flat_pos % N
         slot = vision_indices.reshape(-1)[flat_pos]
         placeholder = self.vision_hidden_placeholder.to(h.dtype).expand_as(h)
-        n_past = history.shape[1] - N
+        n_past = history.shape[1] - N if n_past is None else n_past
         above = history[b, (n_past + n - (R - 1)).clamp(min=0)]
         in_grid = slot < R * R
         has_above = in_grid & (slot >= R)
@@ -647,7 +730,9 @@ class LibraForCausalLM(LibraPreTrainedModel):
         logits[:, routing.perm[routing.n_text :], V:] = vision_logits
         return logits.view(K, B, N, V + VV)
 
-    def last_position_logits(self, h_sorted, routing: Routing, vision_indices, history) -> torch.Tensor:
+    def last_position_logits(
+        self, h_sorted, routing: Routing, vision_indices, history, n_past=None
+    ) -> torch.Tensor:
         """Joint logits (K, B, 1, V + VV) of the last position of every row only (prefill needs no more)."""
         K = self.config.vision_codebook_num
         B, N = routing.vision_mask.shape
@@ -656,7 +741,7 @@ class LibraForCausalLM(LibraPreTrainedModel):
         # both heads on these B rows (cheap); the modality of each row picks which one is kept
         text = self.lm_head(h)  # (B, V)
         vision = self.vision_lm_head(
-            self.vision_head_input(h, flat_pos, vision_indices, history)
+            self.vision_head_input(h, flat_pos, vision_indices, history, n_past)
         )  # (K, B, VV)
         minus_inf = torch.tensor(float("-inf"), dtype=text.dtype, device=text.device)
         is_vision = routing.vision_mask[:, -1, None]  # (B, 1)
@@ -687,18 +772,20 @@ class LibraForCausalLM(LibraPreTrainedModel):
         output_attentions: bool = False,
         cache: LibraCache | None = None,
     ) -> LibraCausalLMOutput:
-        """Official call form (spec §3.1): input_ids (K, B, N), vision_indices (B, N), labels (K, B, N).
+        """Official call form (docs/design.md §3.1): input_ids and labels (K, B, N), vision_indices (B, N).
 
         `return_logits=False` skips the (K, B, N, V + VV) logits (training: the loss never needs them);
         `last_logits_only=True` returns them for the last position only, (K, B, 1, V + VV) (generation).
-        `cache` is transformers 5's name for `past_key_values`; either may be given.
+        `cache` is transformers 5's name for `past_key_values`; either may be given. `use_cache` defaults
+        to `config.use_cache` in eval mode and to False in train mode.
         """
         if output_attentions:
             raise ValueError("output_attentions=True is not supported: the fused attention keeps no weights.")
         if not return_dict:
             raise ValueError("return_dict=False is not supported; read the fields of the returned output.")
         past_key_values = past_key_values if past_key_values is not None else cache
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache is None:  # a training forward never reads a cache back: building one only costs
+            use_cache = self.config.use_cache and not self.training
         if self.model.gradient_checkpointing and self.training:
             use_cache = False
         out = self.model(
@@ -745,8 +832,52 @@ class LibraForCausalLM(LibraPreTrainedModel):
             hidden_states=out.hidden_states,
         )
 
+    def decoding_step(
+        self,
+        input_ids: torch.Tensor,
+        vision_indices: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: LibraCache,
+        n_vision: int,
+    ) -> torch.Tensor:
+        """Joint logits (K, B, 1, V + VV) of one decoding step on a static cache (see
+        `LibraModel.decoding_step`); `generate(..., cache_implementation="static")` runs it, compiled
+        with `compile=True`. Inputs are the new position of every row: ids (K, B, 1), (B, 1) vision
+        indices and positions."""
+        h, routing = self.model.decoding_step(input_ids, vision_indices, position_ids, cache, n_vision)
+        history = None
+        if self.config.vision_prediction_mode == "2d":
+            B = vision_indices.shape[0]
+            history = cache.append_final_hidden(routing.to_sequence(h, B), cache.position)
+        return self.last_position_logits(h, routing, vision_indices, history, n_past=cache.position)
+
     # generation lives in generation.py; bound here so `model.generate(...)` works
     from .generation import generate  # noqa: E402
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> "LibraForCausalLM":
+        """`PreTrainedModel.from_pretrained`, for every checkpoint kind of the toolkit.
+
+        A local folder goes through `libra.pretrained.resolve_pretrained`: a model folder (export,
+        official release) loads as in transformers; a run dir loads its newest export or checkpoint; a
+        DeepSpeed `checkpoints/step_*` folder loads its weights (it takes only `dtype`). A Hub id goes
+        straight to transformers.
+        """
+        if not Path(pretrained_model_name_or_path).is_dir():
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        # imported here: the resolver knows the layout of training runs, which the network does not
+        from libra.pretrained import load_pretrained_model, resolve_pretrained
+
+        resolved = resolve_pretrained(pretrained_model_name_or_path)
+        if resolved.kind == "pretrained":
+            return super().from_pretrained(resolved.weights, *model_args, **kwargs)
+        dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+        if model_args or kwargs:
+            raise TypeError(
+                f"{resolved.describe()}: a DeepSpeed checkpoint loads with dtype= only, got "
+                f"{sorted(kwargs) or model_args}"
+            )
+        return load_pretrained_model(resolved, dtype=dtype)
 
     @classmethod
     def from_llama(cls, folder, dtype: torch.dtype | None = None, **config_overrides) -> "LibraForCausalLM":

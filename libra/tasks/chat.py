@@ -2,7 +2,7 @@
 
     python run.py task=chat checkpoint=<folder> image=cat.jpg prompt="What is unusual here?"
 
-The prompt is built like the official demo (spec §4.4): the image's tokens, a newline, the text,
+The prompt is built like the official demo (docs/design.md §4.4): the image's tokens, a newline, the text,
 wrapped in the v1 conversation template; greedy decoding unless `temperature` > 0. The answer is
 printed and written to `<run dir>/chat.json`; images the model draws in its answer go to PNGs there.
 """
@@ -15,23 +15,29 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from libra.pretrained import default_device, load_pretrained
 from libra.tokenizer.collator import IMAGE_TAG
 from libra.tokenizer.image_processing import open_image
 from libra.tokenizer.samples import ConversationSample, Turn
-
-from .loading import inference_device, load_pretrained
 
 
 @torch.no_grad()
 def chat(cfg: DictConfig) -> str:
     """Generate the answer to `cfg.prompt` (about `cfg.image`, if given); returns the answer text."""
-    device = inference_device()
+    device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
     images = [open_image(cfg.image, key=str(cfg.image))] if cfg.image else []
     text = f"{IMAGE_TAG}\n{cfg.prompt}" if images else cfg.prompt
     sample = ConversationSample([Turn("user", text)], images, key="chat")
     inputs = processor([sample], generation=True, device=device)
     prompt_length = inputs["input_ids"].shape[-1]
+    context = model.config.max_position_embeddings
+    if prompt_length + cfg.max_new_tokens > context:
+        raise ValueError(
+            f"prompt={cfg.prompt[:40]!r}...: {prompt_length} prompt tokens (an image is "
+            f"{processor.vocab.tokens_per_image}) + max_new_tokens={cfg.max_new_tokens} exceed the model's "
+            f"context of {context} tokens; shorten the prompt or lower max_new_tokens"
+        )
     ids = model.generate(
         **inputs,
         max_new_tokens=cfg.max_new_tokens,

@@ -3,7 +3,7 @@
     python run.py task=generate checkpoint=<folder> prompt="a red bus"
     python run.py task=generate checkpoint=<folder> prompt="a red bus" temperature=1.0 seed=3
 
-The prompt is the caption followed by `<img_gen>` (the begin-of-image token, spec §1.3), as in the
+The prompt is the caption followed by `<img_gen>` (the begin-of-image token, docs/design.md §1.3), as in the
 text-to-image training samples; the model then writes exactly one image: grid x grid codes per
 codebook and the end-of-image token. The pixel decoder of the vision tokenizer turns the codes into
 `<run dir>/generated_0.png`. Greedy by default; `temperature` > 0 samples (seeded by `seed`).
@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from libra.pretrained import default_device, load_pretrained
 from libra.tokenizer.samples import CaptionSample
-
-from .loading import inference_device, load_pretrained
 
 
 @torch.no_grad()
 def generate(cfg: DictConfig) -> list[Path]:
     """Draw one image for `cfg.prompt`; returns the PNG paths written to the run dir."""
-    device = inference_device()
+    device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
     sample = CaptionSample(image=None, caption=cfg.prompt, key="generate", task="t2i")
     inputs = processor([sample], generation=True, device=device)

@@ -1,4 +1,4 @@
-"""Caption cleaning of the pretraining data (spec §6.4, the official ``libra_caption`` processor)."""
+"""Caption cleaning of the pretraining data (official ``libra_caption`` processor, docs/design.md §6.4)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class CaptionCleaner:
 
     def __call__(self, caption: str) -> str:
         if not isinstance(caption, str):
-            # COCO Karpathy files store a list of references (spec B21): pick one before calling.
+            # COCO Karpathy files store a list of references (docs/design.md B21): pick one before calling.
             raise TypeError(f"caption must be a str, got {type(caption).__name__}; pick one reference first")
         if self.remove_html:
             caption = _HTML.sub("", caption)

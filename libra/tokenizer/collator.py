@@ -2,12 +2,13 @@
 
 Runs in DataLoader workers; holds no vision model (only its fingerprint, for the token cache). Each
 sample becomes one string in which every image is ``tokens_per_image`` space-separated ``<img_ph>``
-placeholders (exactly what the official code tokenises, spec §5.2/§6.4–6.6); the placeholders' token
-positions become the image's slots. Spans not trained on come as character ranges from the template
-and are mapped to tokens with the tokenizer's offsets (spec §6.5), per sample before padding, so
-they hold for left padding too (B17/B18 fixed). Bugs of the official code fixed here: a placeholder
-without an image or an image without placeholders is an error naming the sample (B11); ``<img_gen>``
-always gets vision index 0 (B10); truncation drops a whole image rather than cutting it (B19).
+placeholders (exactly what the official code tokenises, docs/design.md §5.2, §6.4, §6.6); the
+placeholders' token positions become the image's slots. Spans not trained on come as character
+ranges from the template and are mapped to tokens with the tokenizer's offsets
+(docs/design.md §6.5), per sample before padding, so they hold for left padding too
+(docs/design.md B17, B18). Bugs of the official code fixed here (docs/design.md B10, B11, B19): a
+placeholder without an image or an image without placeholders is an error naming the sample;
+``<img_gen>`` always gets vision index 0; truncation drops a whole image rather than cutting it.
 
 The device half (running the vision tokenizer, merging codes and CLIP features) is
 ``LibraProcessor.to_model_inputs``.
@@ -15,6 +16,7 @@ The device half (running the vision tokenizer, merging codes and CLIP features) 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -23,13 +25,15 @@ from transformers import PreTrainedTokenizerFast
 from .captions import CaptionCleaner
 from .image_processing import ImagePreprocessor
 from .image_vocab import ImageVocab
-from .samples import CaptionSample, ConversationSample, TextSample, Turn, VQASample
+from .samples import CaptionSample, ConversationSample, PromptSample, TextSample, Turn, VQASample
 from .templates import get_template
 from .text_tokenizer import IMAGE_GENERATION, IMAGE_PLACEHOLDER
 from .token_cache import TokenCache, image_cache_key
 
+log = logging.getLogger(__name__)
+
 IMAGE_TAG = "<image>"  # LLaVA's tag in user turns
-Sample = CaptionSample | ConversationSample | TextSample | VQASample
+Sample = CaptionSample | ConversationSample | PromptSample | TextSample | VQASample
 
 
 class SampleError(ValueError):
@@ -62,6 +66,7 @@ class TextBatch:
     cached_slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     cache_keys: list[str | None] = field(default_factory=list)  # per image, to store new tokens
     keys: list[str] = field(default_factory=list)  # per sample, for error messages
+    truncated: int = 0  # samples cut to ``max_length`` (the reader collator counts them)
 
     @property
     def num_images(self) -> int:
@@ -85,6 +90,7 @@ class _Encoded:
     label_mask: list[bool]
     images: list  # PIL / tensors, in slot order
     hide: list[bool]
+    truncated: bool = False  # cut to max_length
 
 
 class LibraCollator:
@@ -121,6 +127,7 @@ class LibraCollator:
         self.bos_id = text_tokenizer.bos_token_id
         self.eos_id = text_tokenizer.eos_token_id
         self.pad_id = text_tokenizer.pad_token_id
+        self._warned_truncation = False
 
     # ---- strings ------------------------------------------------------------------------------
     def image_block(self, num_images: int) -> str:
@@ -142,12 +149,14 @@ class LibraCollator:
                 [Turn("user", f"{IMAGE_TAG}\n{sample.question}")], [sample.image], sample.key
             )
             return self._render_conversation(conv, generation)
+        if isinstance(sample, PromptSample):
+            return self._render_prompt(sample, generation)
         if isinstance(sample, TextSample):
             return sample.text, [], [], []
         raise SampleError(f"unsupported sample type {type(sample).__name__}; expected one of {Sample}")
 
     def _render_caption(self, sample: CaptionSample, generation: bool):
-        """background + middle + respond, as the official caption datasets build them (spec §6.4)."""
+        """background + middle + respond, built as the official caption datasets do (docs/design.md §6.4)."""
         if sample.task not in ("i2t", "t2i"):
             raise SampleError(f"sample {sample.key!r}: task must be 'i2t' or 't2i', got {sample.task!r}")
         if sample.image is None and not (generation and sample.task == "t2i"):
@@ -160,7 +169,7 @@ class LibraCollator:
             respond = "" if generation else caption
         else:
             background = caption
-            # the space before the image is needed: a placeholder only matches as "▁<img_ph>" (§5.1)
+            # the space before the image is needed: a placeholder only matches as "▁<img_ph>"
             middle = f" {instruction}\n " if instruction else "\n "
             respond = IMAGE_GENERATION if generation else self.image_block(1)
         text = background + middle + respond
@@ -177,6 +186,21 @@ class LibraCollator:
             (len(background), len(background) + 1) if sample.task == "i2t" else (len(text), len(text) + 1)
         )
         return text, spans, images, hide
+
+    def _render_prompt(self, sample: PromptSample, generation: bool):
+        """A prompt the template already laid out: each ``<image>`` tag becomes its placeholder run."""
+        if not generation:
+            raise SampleError(
+                f"sample {sample.key!r}: PromptSample is a prompt; train on a ConversationSample"
+            )
+        tags = sample.text.count(IMAGE_TAG)
+        if tags != len(sample.images):
+            raise SampleError(
+                f"sample {sample.key!r}: {tags} {IMAGE_TAG} tag(s) but {len(sample.images)} image(s); "
+                f"give one image per {IMAGE_TAG} in the prompt"
+            )
+        text = sample.text.replace(IMAGE_TAG, self.image_block(1))
+        return text, [], list(sample.images), [False] * len(sample.images)
 
     def _render_conversation(self, sample: ConversationSample, generation: bool):
         turns = list(sample.turns)
@@ -247,7 +271,7 @@ class LibraCollator:
                 vision[pos], slot[pos] = j, image
         for i, t in enumerate(ids):
             if t == self.generation_id:
-                ids[i], vision[i] = self.vocab.boi_id, 0  # B10: boi of an image to generate
+                ids[i], vision[i] = self.vocab.boi_id, 0  # boi of an image to generate (docs/design.md B10)
         label = [True] * n
         for start, end in masked:
             for i in range(_char_to_token(offsets, start), _char_to_token(offsets, end)):
@@ -263,8 +287,14 @@ class LibraCollator:
         cut = self.max_length
         if len(enc.ids) <= cut:
             return enc
+        if not self._warned_truncation:  # once per process; the run counts them (data/truncated)
+            log.warning(
+                f"a sample of {len(enc.ids)} positions is cut to max_length={cut}; later ones are "
+                "only counted (data/truncated)"
+            )
+            self._warned_truncation = True
         if enc.image_slot[cut - 1] >= 0 and enc.vision_indices[cut - 1] != self.vocab.tokens_per_image - 1:
-            cut -= enc.vision_indices[cut - 1] + 1  # B19: never cut an image; drop it whole
+            cut -= enc.vision_indices[cut - 1] + 1  # never cut an image; drop it whole (docs/design.md B19)
         kept = max([s for s in enc.image_slot[:cut] if s >= 0], default=-1) + 1
         return _Encoded(
             enc.ids[:cut],
@@ -273,6 +303,7 @@ class LibraCollator:
             enc.label_mask[:cut],
             enc.images[:kept],
             enc.hide[:kept],
+            truncated=True,
         )
 
     # ---- batching -----------------------------------------------------------------------------
@@ -317,6 +348,7 @@ class LibraCollator:
             pixel_values=None,
             pixel_slots=torch.zeros(0, dtype=torch.long),
             keys=[getattr(s, "key", "") for s in samples],
+            truncated=sum(e.truncated for e in encoded),
         )
         self._attach_images(out, images)
         return out
@@ -357,7 +389,7 @@ class LibraCollator:
 def _char_to_token(offsets: list[tuple[int, int]], char: int) -> int:
     """Index of the token covering ``char``, else of the first token after it, else len(offsets).
 
-    Never None (B17): a character no token covers (a swallowed space) maps to the next token.
+    Never None (docs/design.md B17): a character no token covers (a swallowed space) maps to the next token.
     """
     for i, (start, end) in enumerate(offsets):
         if end > start and end > char:

@@ -1,4 +1,4 @@
-"""Image preprocessing of Libra (spec §5.6): open/convert → optional pad to square → CLIP transform.
+"""Image preprocessing of Libra (docs/design.md §5.6): open/convert → optional pad to square → CLIP transform.
 
 The CLIP transform reproduces transformers' ``CLIPImageProcessor`` (4.38) bit for bit without
 torchvision: Pillow bicubic resize of the short side (long side truncated), centre crop, rescale by

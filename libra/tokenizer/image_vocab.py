@@ -1,4 +1,4 @@
-"""The image-code ↔ model-id mapping (spec §1.3): one small class so no one recomputes offsets.
+"""The image-code ↔ model-id mapping (docs/design.md §1.3): one small class so no one recomputes offsets.
 
 Text ids are [0, V); code c of any codebook is V + c; boi = V + codebook_size; eoi = boi + 1. An image
 is ``tokens_per_image = g*g + 2`` positions [boi, patches in raster order, eoi] with vision indices

@@ -1,4 +1,4 @@
-"""Lookup-free quantiser (LFQ) of Libra's vision tokenizer, eval path (spec §5.3 step 3, §5.4).
+"""Lookup-free quantiser (LFQ) of Libra's vision tokenizer, eval path (docs/design.md §5.3, §5.4).
 
 Each patch feature is projected to ``num_codebook * bits`` values; the sign of each value is one bit
 (exactly 0 → bit 0), and each group of ``bits`` values is read as a binary number, first value = most

@@ -1,4 +1,4 @@
-"""Pixel decoder of Libra's vision tokenizer: code vectors → RGB image (spec §5.5).
+"""Pixel decoder of Libra's vision tokenizer: code vectors → RGB image (docs/design.md §5.5).
 
 A taming-transformers style convolutional decoder without time embedding. State-dict names follow the
 official ``vqgan.ckpt`` (``decoder.conv_in``, ``decoder.mid.block_1``, ``decoder.up.<level>.block.<i>``,

@@ -1,4 +1,4 @@
-"""``LibraProcessor``: text + images ↔ Libra model inputs (spec §5.2, §5.4, §6.4–6.6).
+"""``LibraProcessor``: text + images ↔ Libra model inputs (docs/design.md §5.2, §5.4, §6.4, §6.6).
 
 Two halves, so the expensive part runs where it belongs:
 
@@ -12,6 +12,18 @@ Two halves, so the expensive part runs where it belongs:
 ``processor(samples)`` does both (eval, chat). ``decode`` turns generated ids back into text and
 image-code spans; ``images_to_pil`` renders spans through the pixel decoder.
 
+The transformers-style face of the same code, for users of the Python API::
+
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=prompt, images=image, return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=64)
+    processor.batch_decode(out, skip_special_tokens=True)       # list[str]
+    processor.batch_decode_images(out)                          # list[list[PIL.Image]]
+
+``apply_chat_template`` renders messages through the same template and image layout as a
+``ConversationSample``; ``processor(text=..., images=...)`` wraps each prompt in a ``PromptSample``
+and runs the sample path, so both give the same ids for the same conversation.
+
 Checkpoint folder (the official layout; the model writes its own ``config.json`` + weights beside):
 text tokenizer files, ``vision_tokenizer_config.yaml`` + weights, and the CLIP folder; ours also holds
 ``libra_processor.json`` (template, max_length, eos, caption masking), which official folders lack.
@@ -20,23 +32,29 @@ text tokenizer files, ``vision_tokenizer_config.yaml`` + weights, and the CLIP f
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import BatchFeature
 
 from .captions import CaptionCleaner
-from .collator import LibraCollator, Sample, TextBatch
+from .collator import IMAGE_TAG, LibraCollator, Sample, TextBatch
 from .image_processing import ImagePreprocessor
 from .image_vocab import ImageVocab
+from .samples import CaptionSample, ConversationSample, PromptSample, Turn
 from .text_tokenizer import IMAGE_PLACEHOLDER, load_text_tokenizer, save_text_tokenizer
 from .token_cache import TokenCache, cache_namespace
-from .vision_tokenizer import VisionTokenizer
+from .vision_tokenizer import CONFIG_NAME, VisionTokenizer
 
 # Text-side settings of the processor (template, max_length, ...); absent from official folders.
 PROCESSOR_SETTINGS_FILE = "libra_processor.json"
+# Loading options transformers passes on (AutoProcessor.from_pretrained); a local folder needs none.
+_HUB_OPTIONS = ("_from_auto", "trust_remote_code", "revision", "cache_dir", "local_files_only", "token")
 
 
 @dataclass
@@ -125,8 +143,19 @@ class LibraProcessor:
     def from_pretrained(
         cls, folder: str | Path, dtype: torch.dtype = torch.float32, pad_to_square: bool = True, **kwargs
     ) -> LibraProcessor:
-        """Load from a checkpoint folder (official or ours). ``kwargs`` go to ``__init__``."""
+        """Load from a checkpoint folder (official or ours). ``kwargs`` go to ``__init__``.
+
+        Any checkpoint kind of ``libra.pretrained`` works: a folder without the processor files (a run
+        dir, a DeepSpeed ``checkpoints/step_*`` folder) is resolved to the one that holds them.
+        """
+        for option in _HUB_OPTIONS:
+            kwargs.pop(option, None)
         folder = Path(folder)
+        if not (folder / CONFIG_NAME).is_file():
+            # imported here: the resolver knows the layout of training runs, which tokenisation does not
+            from libra.pretrained import resolve_pretrained
+
+            folder = resolve_pretrained(folder).files
         text = load_text_tokenizer(folder)
         vision = VisionTokenizer.from_pretrained(folder, dtype=dtype)
         clip_dir = folder / vision.config.encoder_name
@@ -150,17 +179,94 @@ class LibraProcessor:
         self.vision_tokenizer.to(device)
         return self
 
+    @property
+    def tokenizer(self):
+        """The text tokenizer, under the name transformers processors give it."""
+        return self.text_tokenizer
+
+    # ---- chat messages → prompt string ----------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        """transformers-style chat messages → the prompt string, one ``<image>`` tag per image.
+
+        ``messages``: ``{"role": "user" | "assistant", "content": str | [parts]}`` with parts
+        ``{"type": "text", "text": ...}`` and ``{"type": "image"}`` (the image itself goes to
+        ``processor(images=...)``). Roles alternate from a user turn. As in LLaVA, a turn's images go
+        first, then a newline, then its text. The template's system prompt is fixed, so system
+        messages are refused. ``add_generation_prompt`` ends the string with the assistant's role
+        (``... ASSISTANT:``), the prompt the model answers.
+        """
+        turns, num_images = [], 0
+        for i, message in enumerate(messages):
+            role, content = message.get("role"), message.get("content")
+            if role == "system":
+                raise ValueError(
+                    f"messages[{i}]: system messages are not supported; the {self.collator.template.name!r} "
+                    "template has its own fixed system prompt"
+                )
+            if role not in ("user", "assistant"):
+                raise ValueError(f"messages[{i}]: role must be 'user' or 'assistant', got {role!r}")
+            text, images = _message_text(content, where=f"messages[{i}]")
+            turns.append(Turn(role, IMAGE_TAG * images + ("\n" if images else "") + text))
+            num_images += images
+        if not turns:
+            raise ValueError("messages is empty; give at least one user message")
+        if turns[-1].role == "user" and not add_generation_prompt:
+            raise ValueError(
+                "the conversation ends with a user message: pass add_generation_prompt=True to get the "
+                "prompt the model answers"
+            )
+        sample = ConversationSample(turns, [None] * num_images, key="messages")
+        rendered, _, _, _ = self.collator.render(sample, generation=add_generation_prompt)
+        return rendered.replace(self.collator.image_block(1), IMAGE_TAG)
+
+    def text_to_image_prompt(self, caption: str, instruction: str = "") -> str:
+        """The prompt that makes the model draw ``caption``: laid out as the text-to-image training
+        samples, ending with ``<img_gen>`` (the image's boi). Decode with ``max_new_tokens =
+        processor.vocab.tokens_per_image - 1`` and read the image with :meth:`batch_decode_images`."""
+        sample = CaptionSample(None, caption, key="text_to_image", task="t2i", instruction=instruction)
+        return self.collator.render(sample, generation=True)[0]
+
     # ---- samples → model inputs -------------------------------------------------------------
     def __call__(
         self,
-        samples: list[Sample],
+        samples: list[Sample] | None = None,
         generation: bool = False,
         padding_side: str | None = None,
         device: torch.device | str | None = None,
+        *,
+        text: str | Sequence[str] | None = None,
+        images: Any = None,
+        return_tensors: str | None = "pt",
+        padding: bool | str = True,
     ) -> dict[str, torch.Tensor | None]:
-        """Samples → model inputs in one call (CPU collate, then the vision tokenizer)."""
-        batch = self.collator(samples, generation=generation, padding_side=padding_side)
-        return self.to_model_inputs(batch, device=device)
+        """Samples → model inputs in one call (CPU collate, then the vision tokenizer).
+
+        transformers style: ``processor(text=prompt, images=image, return_tensors="pt")`` with prompts
+        from ``apply_chat_template`` (one ``<image>`` per image). ``text`` is one prompt or a list;
+        ``images`` one image, a flat list (handed out to the prompts in order of their tags) or one
+        list per prompt; an image is a PIL image, a path or encoded bytes. Prompts are padded to the
+        longest, on the left (for ``generate``) unless ``padding_side`` says otherwise. Returns a
+        ``BatchFeature`` (``.to(device)`` works) of ``input_ids (K, B, N)``, ``attention_mask``,
+        ``vision_indices`` and ``contiguous_signal``.
+        """
+        if text is None:
+            if samples is None or images is not None:
+                raise TypeError("processor(...) takes samples, or text=... (and images=...) as keywords")
+            batch = self.collator(samples, generation=generation, padding_side=padding_side)
+            return self.to_model_inputs(batch, device=device)
+        if samples is not None:
+            raise TypeError("pass either samples or text=/images=, not both")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: the processor returns torch tensors ('pt')")
+        if padding not in (True, "longest"):
+            raise ValueError(f"padding={padding!r}: prompts are always padded to the longest (padding=True)")
+        prompts = [text] if isinstance(text, str) else list(text)
+        per_prompt = _images_per_prompt(prompts, images)
+        prompt_samples = [
+            PromptSample(prompt, images, key=f"text[{i}]")
+            for i, (prompt, images) in enumerate(zip(prompts, per_prompt))
+        ]
+        return BatchFeature(self(prompt_samples, generation=True, padding_side=padding_side, device=device))
 
     @torch.no_grad()
     def encode_images(self, batch: TextBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +348,9 @@ class LibraProcessor:
         e.g. the whole sequence, to get an image whose boi was in the prompt). A boi whose span is
         cut off sets ``incomplete_image`` and ends the decoding there.
         """
+        return self._decode(ids, image_placeholders=True)
+
+    def _decode(self, ids: torch.Tensor, image_placeholders: bool) -> DecodedSample:
         if ids.dim() != 2 or ids.shape[0] != self.vocab.num_codebook:
             raise ValueError(
                 f"decode expects one sequence (K={self.vocab.num_codebook}, T); got {tuple(ids.shape)}"
@@ -256,7 +365,8 @@ class LibraProcessor:
                 block = ids[:, i : i + span]
                 if block.shape[1] == span and block[0, -1] == self.vocab.eoi_id:
                     images.append(self.vocab.ids_to_indices(block.unsqueeze(1))[0])  # (g*g, K)
-                    text_ids.append(placeholder)
+                    if image_placeholders:
+                        text_ids.append(placeholder)
                     i += span
                     continue
                 incomplete = True
@@ -267,9 +377,34 @@ class LibraProcessor:
         text = self.text_tokenizer.decode(text_ids, skip_special_tokens=True)
         return DecodedSample(text=text, images=images, incomplete_image=incomplete)
 
-    def batch_decode(self, ids: torch.Tensor) -> list[DecodedSample]:
-        """(K, B, T) model ids → one :class:`DecodedSample` per row."""
-        return [self.decode(ids[:, b]) for b in range(ids.shape[1])]
+    def batch_decode(self, sequences: torch.Tensor, skip_special_tokens: bool = False) -> list[str]:
+        """(K, B, T) ids (``model.generate``'s output, or a slice of it) → one string per row.
+
+        As in transformers, the prompt is part of the text unless sliced off
+        (``out[:, :, inputs["input_ids"].shape[-1]:]``). Each image span reads ``<img_ph>``, or
+        nothing with ``skip_special_tokens=True``; bos, eos and padding are always dropped. The
+        images themselves come from :meth:`batch_decode_images`.
+        """
+        return [
+            self._decode(sequences[:, b], image_placeholders=not skip_special_tokens).text
+            for b in range(sequences.shape[1])
+        ]
+
+    def batch_decode_images(self, sequences: torch.Tensor, prompt_length: int = 0) -> list[list[Image.Image]]:
+        """The images each row of (K, B, T) ids holds, as PIL images, one list per row.
+
+        Pass ``prompt_length`` (``inputs["input_ids"].shape[-1]``) to keep only the images the model
+        drew: those whose span ends after the prompt (a text-to-image prompt ends with the image's boi).
+        """
+        rows = []
+        for b in range(sequences.shape[1]):
+            row = sequences[:, b]
+            begin = prompt_length
+            if prompt_length and row[0, prompt_length - 1] == self.vocab.boi_id:
+                begin -= 1  # the prompt opened the image the model drew
+            indices = self.decode(row[:, begin:]).images
+            rows.append(self.images_to_pil(indices) if indices else [])
+        return rows
 
     @torch.no_grad()
     def decode_images(self, indices: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -286,3 +421,55 @@ class LibraProcessor:
     @property
     def image_placeholder(self) -> str:
         return IMAGE_PLACEHOLDER
+
+
+def _message_text(content: Any, where: str) -> tuple[str, int]:
+    """A message's content (a string or a list of text/image parts) → (its text, number of images)."""
+    if isinstance(content, str):
+        return content, 0
+    if not isinstance(content, list):
+        raise ValueError(
+            f"{where}: content must be a string or a list of parts, got {type(content).__name__}"
+        )
+    texts, images = [], 0
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            images += 1
+        elif kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            raise ValueError(
+                f'{where}.content[{j}]: expected {{"type": "text", "text": ...}} or {{"type": "image"}}, '
+                f"got {part!r}"
+            )
+    return "\n".join(texts), images
+
+
+def _images_per_prompt(prompts: list[str], images: Any) -> list[list]:
+    """``images`` of ``processor(text=..., images=...)`` → one list per prompt, checked against the tags."""
+    tags = [p.count(IMAGE_TAG) for p in prompts]
+    if images is None:
+        flat = []
+    elif isinstance(images, (list, tuple)) and images and all(isinstance(i, (list, tuple)) for i in images):
+        if len(images) != len(prompts):
+            raise ValueError(
+                f"{len(images)} image lists for {len(prompts)} prompts; give one list per prompt"
+            )
+        nested = [list(i) for i in images]
+        for n, (count, group) in enumerate(zip(tags, nested)):
+            if count != len(group):
+                raise ValueError(f"prompt {n} has {count} {IMAGE_TAG} tag(s) but {len(group)} image(s)")
+        return nested
+    else:
+        flat = list(images) if isinstance(images, (list, tuple)) else [images]
+    if sum(tags) != len(flat):
+        raise ValueError(
+            f"the prompts hold {sum(tags)} {IMAGE_TAG} tag(s) but {len(flat)} image(s) were given; "
+            f"build prompts with apply_chat_template and give one image per {{'type': 'image'}} part"
+        )
+    out, i = [], 0
+    for count in tags:
+        out.append(flat[i : i + count])
+        i += count
+    return out

@@ -18,14 +18,15 @@ ImageLike = Union[Image.Image, "torch.Tensor"]  # noqa: F821 - torch only at run
 @dataclass
 class CaptionSample:
     """Image-to-text pair (LAION / COCO captions). With ``task="t2i"`` the caption is the prompt and
-    the image is the target (spec §6.4); a t2i generation prompt has ``image=None``."""
+    the image is the target (docs/design.md §6.4); a t2i generation prompt has ``image=None``."""
 
     image: ImageLike | None
     caption: str
     key: str = ""
     task: Literal["i2t", "t2i"] = "i2t"
     # The official contiguous_ignore_sign: hide the image's CLIP features from the model (zeroed
-    # signal). The t2i readers set it with probability 1 - continuous_prob_t2i; i2t keeps it False.
+    # signal). The LAION reader sets it on a t2i sample with probability t2i_hide_features_prob
+    # (0.9, the reference's 1 - continuous_prob_t2i), seeded per example; i2t keeps it False.
     hide_image_features: bool = False
     # Optional instruction between image and caption ("Describe the image."): not a target.
     instruction: str = ""
@@ -52,6 +53,17 @@ class TextSample:
     """Plain text (language-model data): every token after BOS is a target."""
 
     text: str
+    key: str = ""
+
+
+@dataclass
+class PromptSample:
+    """A generation prompt already laid out by the conversation template (what
+    ``LibraProcessor.apply_chat_template`` returns), with one ``<image>`` tag where each image goes,
+    in order: the form of ``processor(text=..., images=...)``."""
+
+    text: str
+    images: list[ImageLike] = field(default_factory=list)
     key: str = ""
 
 

@@ -1,5 +1,6 @@
-"""Conversation templates as data (spec §6.6), rendered to a prompt string plus the character spans
-that are *not* trained on (spec §6.5: system prompt, user turns with their images, role separators).
+"""Conversation templates as data (docs/design.md §6.6), rendered to a prompt string plus the
+character spans that are *not* trained on (docs/design.md §6.5: system prompt, user turns with their
+images, role separators).
 
 A template renders a list of (role, message) pairs; the messages already hold their image
 placeholders. An empty last assistant message renders the generation prompt (``"... ASSISTANT:"``).
@@ -28,7 +29,7 @@ Span = tuple[int, int]
 def join_message(prefix: str, message: str) -> str:
     """``prefix + message``, with a space between when the message opens with an image.
 
-    A placeholder is only recognised as ``"▁<img_ph>"`` (spec §5.1): after a newline it would split
+    A placeholder is only recognised as ``"▁<img_ph>"`` (docs/design.md §5.1): after a newline it would split
     into ordinary pieces. The space is swallowed by the placeholder token, so it adds no token.
     """
     from .text_tokenizer import IMAGE_PLACEHOLDER  # local: text_tokenizer pulls in transformers

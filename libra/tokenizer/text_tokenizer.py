@@ -1,10 +1,10 @@
-"""Libra's text tokenizer (spec §5.1): the Llama-2 SentencePiece BPE through HF ``tokenizers``.
+"""Libra's text tokenizer (docs/design.md §5.1): the Llama-2 SentencePiece BPE through HF ``tokenizers``.
 
 The fast tokenizer is built from ``tokenizer.json`` with the ``tokenizers`` library itself, because
 transformers 5 rebuilds Llama tokenizers with a Metaspace pre-tokenizer and that changes how added
 tokens match. Llama-2's file has the legacy normaliser (prepend "▁", spaces → "▁"), and the image
 placeholders are *normalised* added tokens, so they match "▁<img_ph>": a placeholder swallows the
-space before it, and one written right after a newline is not recognised (spec §5.1). A folder with
+space before it, and one written right after a newline is not recognised. A folder with
 only ``tokenizer.model`` is converted to the same pipeline here. The result is wrapped in a
 transformers ``PreTrainedTokenizerFast`` (pad = unk, bos added, eos as configured).
 
@@ -79,7 +79,7 @@ def load_text_tokenizer(
         raise FileNotFoundError(f"{folder} has neither tokenizer.json nor tokenizer.model")
     base_vocab = backend.get_vocab_size(with_added_tokens=False)
     _set_post_processor(backend, add_bos=True, add_eos=add_eos_token)
-    # normalized=True, special=False: exactly how the official tokenizer adds them (spec §5.1).
+    # normalized=True, special=False: exactly how the official tokenizer adds them (docs/design.md §5.1).
     backend.add_tokens(
         [AddedToken(t, normalized=True, special=False) for t in (IMAGE_PLACEHOLDER, IMAGE_GENERATION)]
     )

@@ -1,4 +1,4 @@
-"""Token cache (spec P6): LFQ indices + CLIP features per image, computed once, read back every epoch.
+"""Token cache (docs/design.md P6): LFQ indices + CLIP features per image, computed once, read back.
 
 The vision tokenizer is frozen, so an image's tokens are a pure function of (preprocessed pixels,
 tokenizer weights, dtype). The key hashes the pixel tensor (it already reflects the image content and
@@ -27,7 +27,7 @@ def image_cache_key(pixels: torch.Tensor, namespace: str) -> str:
 
 
 def cache_namespace(fingerprint: str, preprocessing: dict, dtype: torch.dtype) -> str:
-    """What besides the pixels decides the tokens: weights, preprocessing, dtype (B20: bf16 ≠ fp32)."""
+    """What besides the pixels decides the tokens: weights, preprocessing, dtype (docs/design.md B20)."""
     return f"{fingerprint}|{sorted(preprocessing.items())}|{dtype}"
 
 

@@ -1,9 +1,9 @@
-"""Libra's frozen vision tokenizer (spec §5.3–5.5): CLIP features → quant conv → LFQ codes, and back.
+"""Libra's frozen vision tokenizer: CLIP features → quant conv → LFQ codes, and back.
 
 ``VisionTokenizer.encode`` turns CLIP-normalised pixels into, per image, the LFQ indices of its g×g
-patches (K codebooks) and the continuous signal (selected CLIP hidden states concatenated, CLS dropped).
-``decode_indices`` turns indices back into pixels through ``project_out`` → ``post_quant_conv`` → the
-pixel decoder.
+patches (K codebooks) and the continuous signal (selected CLIP hidden states concatenated, CLS dropped;
+docs/design.md §5.3). ``decode_indices`` turns indices back into pixels through ``project_out`` →
+``post_quant_conv`` → the pixel decoder (docs/design.md §5.4, §5.5).
 
 Folder layout (official, shared with the rest of the checkpoint folder)::
 
@@ -12,7 +12,7 @@ Folder layout (official, shared with the rest of the checkpoint folder)::
     vision_tokenizer.safetensors      our own layout (no CLIP weights: they live in the CLIP folder)
     <encoder_name>/                   HF CLIP vision folder (config.json, weights, preprocessor_config.json)
 
-The module is frozen and in eval mode by construction; fp32 by default (spec B20), bf16 on request.
+The module is frozen and in eval mode by construction; fp32 by default (docs/design.md B20), bf16 on request.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class VisionTokenizer(nn.Module):
             raise ValueError(f"vision tokenizer expects pixels (n, {expected}); got {tuple(pixels.shape)}")
         pixels = pixels.to(self.device)
         # Run in the tokenizer's own dtype even inside the trainer's autocast region: a bf16 CLIP
-        # flips LFQ bits near zero (spec B20), so precision is chosen by `dtype`, not by the caller.
+        # flips LFQ bits near zero (docs/design.md B20), so precision is chosen by `dtype`, not by the caller.
         with torch.autocast(self.device.type, enabled=False):
             features = self.continuous_signal(pixels)
             latent = self.features_to_latent(features).flatten(2).transpose(1, 2)  # (n, g*g, E)
@@ -358,8 +358,12 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an official ``vqgan.ckpt``, read without executing pickled code."""
     if not path.is_file():
         raise FileNotFoundError(f"vision tokenizer weights {path} not found (params.ckpt_path)")
+    from libra.safe_load import safe_torch_load
+
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        # the official file is {"state_dict": OrderedDict of tensors}: nothing beyond torch's own
+        # weights_only globals is needed, so nothing else is allowed
+        blob = safe_torch_load(path)
     except Exception as err:
         raise RuntimeError(
             f"{path} cannot be read safely with torch.load(weights_only=True): {err}\n"

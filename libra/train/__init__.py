@@ -1,4 +1,4 @@
-"""The DeepSpeed training recipe (spec §7): `train(cfg)` in recipe.py and the pieces it puts together.
+"""The DeepSpeed training recipe (docs/design.md §7): `train(cfg)` in recipe.py and the pieces it uses.
 
 `train` is imported on first use, so `import libra.train.optim` (tests, tools) does not load DeepSpeed.
 """

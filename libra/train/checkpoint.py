@@ -1,38 +1,70 @@
-"""Resumable checkpoints: DeepSpeed engine state + one `TrainState` per rank, written atomically.
+"""Resumable checkpoints: DeepSpeed engine state + one `TrainState` per rank, complete or ignored.
 
 Layout of a run directory::
 
     <run_dir>/checkpoints/step_000200/       DeepSpeed files (module, optimizer shards, scheduler)
                                              + train_state_rank{r}.pt for every rank
+                                             + manifest.json (every file and its size), written last
     <run_dir>/checkpoints/step_000200.tmp/   only while being written
+    <run_dir>/checkpoints/step_000200.old/   only while step_000200 is being replaced
 
-Every rank writes into the `.tmp` folder; once all have finished, rank 0 renames it. A crash while
-saving therefore leaves only a `.tmp` folder, which `latest_checkpoint` ignores and the next save
-removes, never a half-written `step_*` folder that a resume would trust. The directory is assumed to
-be shared by all ranks (one filesystem), as DeepSpeed itself assumes.
+Saving: every rank writes into the `.tmp` folder and fsyncs it; after a barrier rank 0 writes the
+manifest and renames the folder into place. Saving a step that exists already (on demand, then on
+schedule; the final save of a resumed, finished run) sets the old copy aside until the new one is
+in (``libra.durable_files.replace_folder``). A folder is a checkpoint only when its manifest matches
+its files, so a kill at any moment leaves the newest complete checkpoint findable, and
+``resume=auto`` says which folders it passed over and why. No checkpoint is written whose weights
+are not all finite.
+
+Loading runs no code from the folder: the train state is read with ``weights_only=True``, and
+DeepSpeed's own reads (``torch.load(weights_only=False)`` inside ``engine.load_checkpoint``) are
+restricted the same way with ``libra.safe_load.safe_unpickling``, allowing only the three plain-data
+classes DeepSpeed's optimizer files name (``deepspeed_safe_globals``). Restricting DeepSpeed's own
+loader, rather than checking each file before handing it over, reads every file once and covers
+whatever file DeepSpeed decides to open.
+
+Pruning keeps the newest `keep_last` checkpoints and, in any case, the newest *good* one: written
+after an applied step, not inside a streak of refused non-finite steps (``guard.py``).
+The directory is assumed to be shared by all ranks (one filesystem), as DeepSpeed itself assumes.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from libra import distributed
+from libra.durable_files import (
+    OLD_SUFFIX,
+    TMP_SUFFIX,
+    IncompleteFolder,
+    fsync_tree,
+    read_manifest,
+    replace_folder,
+    write_manifest,
+)
+from libra.safe_load import safe_torch_load, safe_unpickling
+
+from .guard import NonFiniteWeights, weights_finite
 from .state import TrainState
 
+__all__ = [
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "resolve_resume",
+    "safe_torch_load",  # re-exported: the loader for every .pt of a checkpoint folder
+    "save_checkpoint",
+    "verify_checkpoint_files",
+]
+
 STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+_ANY_STEP_DIR = re.compile(r"^step_(\d+)(\.tmp|\.old)?$")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -43,13 +75,53 @@ def step_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (`.tmp` folders are not complete)."""
+def deepspeed_safe_globals() -> list[Any]:
+    """The classes DeepSpeed's checkpoint files name besides tensors and containers: an int enum, a
+    two-int record and the loss scaler's attribute holder. Constructing them runs no file-chosen code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, fragment_address, LossScaler]
+
+
+def scan_checkpoints(run_dir: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(complete checkpoints oldest first, [(folder, why it is not one)]).
+
+    ``step_N.old`` stands in for ``step_N`` while that is being replaced (a kill between the two
+    renames); ``.tmp`` folders never count."""
     root = checkpoint_root(run_dir)
     if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
+        return [], []
+    by_step: dict[int, dict[str, Path]] = {}
+    for path in root.iterdir():
+        if path.is_dir() and (m := _ANY_STEP_DIR.match(path.name)):
+            by_step.setdefault(int(m.group(1)), {})[m.group(2) or ""] = path
+    complete, skipped = [], []
+    for step in sorted(by_step):
+        found = by_step[step]
+        if TMP_SUFFIX in found:
+            skipped.append((found[TMP_SUFFIX], "never finished writing (a save was interrupted)"))
+        chosen = None
+        for suffix in ("", OLD_SUFFIX):
+            if suffix not in found:
+                continue
+            if chosen is not None:
+                skipped.append((found[suffix], f"superseded by {chosen.name} (an interrupted replacement)"))
+                continue
+            try:
+                read_manifest(found[suffix])
+            except IncompleteFolder as err:
+                skipped.append((found[suffix], str(err)))
+                continue
+            chosen = found[suffix]
+            complete.append(chosen)
+    return complete, skipped
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    return scan_checkpoints(run_dir)[0]
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -57,62 +129,121 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def is_good(checkpoint: Path) -> bool:
+    """Written after an applied step (not inside a streak of refused non-finite steps)."""
+    return read_manifest(checkpoint).get("bad_streak", 0) == 0
+
+
+def newest_good_checkpoint(run_dir: str | Path) -> Path | None:
+    good = [c for c in list_checkpoints(run_dir) if is_good(c)]
+    return good[-1] if good else None
+
+
 def save_checkpoint(engine, state: TrainState, run_dir: str | Path, keep_last: int) -> Path:
-    """Write engine + train state for `state.step`, then prune to the newest `keep_last` (all ranks call)."""
+    """Write engine + train state for `state.step`, then prune (every rank calls)."""
+    if not weights_finite(engine):
+        raise NonFiniteWeights(f"refusing to write checkpoint step {state.step}: some weights are not finite")
     root = checkpoint_root(run_dir)
     final = root / step_name(state.step)
-    tmp = root / f"{final.name}.tmp"
-    if _rank() == 0:
+    tmp = root / f"{final.name}{TMP_SUFFIX}"
+    if distributed.is_main():
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)  # left over from a crash during an earlier save
-    _barrier()
+    distributed.barrier()
     # DeepSpeed writes <save_dir>/<tag>/...; `save_latest=False`: we find the newest ourselves, and a
     # `latest` file would point at the temporary name.
     engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
-    torch.save(state.state_dict(), tmp / f"train_state_rank{_rank()}.pt")
-    _barrier()
-    if _rank() == 0:
-        if final.exists():  # the same step saved twice (e.g. on demand, then on schedule)
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    torch.save(state.state_dict(), tmp / f"train_state_rank{distributed.rank()}.pt")
+    fsync_tree(tmp)  # each rank flushes what it wrote (fsync of another node's file is a no-op)
+    distributed.barrier()
+    if distributed.is_main():
+        write_manifest(tmp, step=state.step, world_size=distributed.world_size(), bad_streak=state.bad_streak)
+        replace_folder(tmp, final)
+        prune(run_dir, keep_last)
+    distributed.barrier()
     return final
+
+
+def prune(run_dir: str | Path, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints (all when <= 0) plus the newest good one;
+    remove them and the leftovers of interrupted saves. Rank 0 only."""
+    complete, skipped = scan_checkpoints(run_dir)
+    keep = set(complete if keep_last <= 0 else complete[-keep_last:])
+    good = [c for c in complete if is_good(c)]
+    if good:
+        keep.add(good[-1])
+    for folder in complete:
+        if folder not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif folder.name.endswith(OLD_SUFFIX):  # the only copy of its step: back under its name
+            folder.rename(folder.with_name(folder.name.removesuffix(OLD_SUFFIX)))
+    for folder, _ in skipped:  # our own leftovers only: a bare step_N without manifest is left alone
+        if folder.name.endswith(TMP_SUFFIX) or folder.name.endswith(OLD_SUFFIX):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_checkpoint(engine, state: TrainState, checkpoint: str | Path) -> None:
     """Restore engine (weights, optimizer, scheduler) and this rank's train state (incl. RNG)."""
     checkpoint = Path(checkpoint)
-    state_file = checkpoint / f"train_state_rank{_rank()}.pt"
+    try:
+        manifest = read_manifest(checkpoint)
+    except IncompleteFolder as err:
+        raise FileNotFoundError(f"cannot resume from {checkpoint}: {err}") from None
+    state_file = checkpoint / f"train_state_rank{distributed.rank()}.pt"
     if not state_file.is_file():
         raise FileNotFoundError(
-            f"{state_file} is missing: the checkpoint was written with a different number of ranks "
-            f"or is incomplete; resume with the same world size."
+            f"{state_file} is missing: the checkpoint was written by {manifest.get('world_size', '?')} "
+            f"rank(s) and this job has {distributed.world_size()}; resume with the same world size."
         )
-    load_path, _ = engine.load_checkpoint(
-        str(checkpoint.parent), tag=checkpoint.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    saved_state = safe_torch_load(state_file)
+    with safe_unpickling(deepspeed_safe_globals()):
+        load_path, _ = engine.load_checkpoint(
+            str(checkpoint.parent),
+            tag=checkpoint.name,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {checkpoint}")
-    # weights_only=False: the state holds numpy RNG tuples; the file is our own, not downloaded.
-    state.load_state_dict(torch.load(state_file, weights_only=False))
+    state.load_state_dict(saved_state)  # last: restores the RNG streams
+
+
+def verify_checkpoint_files(step_dir: str | Path) -> None:
+    """Raise unless `step_dir` is complete (its manifest matches) and every ``.pt`` in it loads with
+    the restricted unpickler, before a tool that unpickles them itself (``zero_to_fp32``) reads them."""
+    step_dir = Path(step_dir)
+    try:
+        read_manifest(step_dir)
+    except IncompleteFolder as err:
+        raise FileNotFoundError(str(err)) from None
+    allow = deepspeed_safe_globals()
+    for path in sorted(step_dir.glob("*.pt")):
+        safe_torch_load(path, allow=allow, mmap=True)
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """`resume`: null -> fresh start; "auto" -> newest checkpoint of this run dir if any;
-    a run dir -> its newest checkpoint; a `step_*` folder -> that one."""
+    """`resume`: null -> fresh start; "auto" -> newest complete checkpoint of this run dir if any;
+    a run dir -> its newest complete checkpoint; a `step_*` folder -> that one. Says which folders
+    it passed over and why."""
     if resume is None:
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return _newest(run_dir)
     path = Path(resume)
-    if STEP_DIR.match(path.name) and path.is_dir():
+    if _ANY_STEP_DIR.match(path.name) and path.is_dir():
         return path
-    found = latest_checkpoint(path)
+    found = _newest(path)
     if found is None:
         raise FileNotFoundError(
             f"resume={resume}: no complete checkpoint under {checkpoint_root(path)}; "
             f"use resume=auto to start fresh when none exists."
         )
     return found
+
+
+def _newest(run_dir: str | Path) -> Path | None:
+    complete, skipped = scan_checkpoints(run_dir)
+    if distributed.is_main():
+        for folder, reason in skipped:
+            print(f"[libra] resume: skipped {folder}: {reason}", file=sys.stderr, flush=True)
+    return complete[-1] if complete else None

@@ -1,10 +1,10 @@
-"""The DeepSpeed JSON, generated from our config instead of a file full of "auto" (spec §7.3).
+"""The DeepSpeed JSON, generated from our config instead of a file full of "auto" (docs/design.md §7.3).
 
 The official configs leave batch sizes, precision and clipping on "auto" for the HF Trainer to fill,
-and the ZeRO-3 file simply has no `gradient_clipping`, so instruction tuning ran unclipped (B6).
-Here every value is explicit, clipping is set for every stage, and the exact JSON DeepSpeed saw is
-written to the run directory. One `ZeroSettings` object covers stage 0 / ZeRO-2 / ZeRO-3, with or
-without CPU offload; `conf/deepspeed/*.yaml` only choose its fields.
+and the ZeRO-3 file simply has no `gradient_clipping`, so instruction tuning ran unclipped
+(docs/design.md B6). Here every value is explicit, clipping is set for every stage, and the exact
+JSON DeepSpeed saw is written to the run directory. One `ZeroSettings` object covers stage 0 / ZeRO-2 /
+ZeRO-3, with or without CPU offload; `conf/deepspeed/*.yaml` only choose its fields.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ZeroSettings:
                 stage3_param_persistence_threshold=self.stage3_param_persistence_threshold,
                 stage3_max_live_parameters=self.stage3_max_live_parameters,
                 stage3_max_reuse_distance=self.stage3_max_reuse_distance,
-                # Lets the exporter ask for a gathered 16-bit state dict (spec §7.3).
+                # Lets the exporter ask for a gathered 16-bit state dict.
                 stage3_gather_16bit_weights_on_model_save=True,
             )
         if self.offload_optimizer:
@@ -93,7 +93,7 @@ def deepspeed_config(
     if precision not in PRECISIONS:
         raise ValueError(f"trainer.precision={precision!r}: use one of {PRECISIONS}.")
     if grad_clip <= 0:
-        raise ValueError(f"trainer.grad_clip={grad_clip}: must be > 0 (clipping is on in every stage, B6).")
+        raise ValueError(f"trainer.grad_clip={grad_clip}: must be > 0 (clipping is on in every stage).")
     config = {
         "train_batch_size": global_batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_size,

@@ -1,11 +1,15 @@
-"""Export a training run to the one checkpoint folder layout that `from_pretrained` loads (spec §2.4).
+"""Export a training run to the one checkpoint folder layout that `from_pretrained` loads.
 
 The official stage 1 saved its *training wrapper* (keys prefixed `module.` / `tokenizer.`, a config
-without the model overrides, no tokenizer files), so its output could not feed stage 2 (B4, B5). The
-export here is exactly what `LibraForCausalLM.from_pretrained` and `LibraProcessor.from_pretrained`
-read: `config.json` + safetensors with the official parameter names, the text tokenizer files, the
-vision tokenizer yaml + weights and the CLIP folder. Under ZeRO-3 the sharded parameters are gathered
-onto rank 0 first. Like checkpoints, the folder is written under a temporary name and then renamed.
+without the model overrides, no tokenizer files), so its output could not feed stage 2
+(docs/design.md B4, B5). The export here is the release layout (docs/design.md §2.4), exactly what
+`LibraForCausalLM.from_pretrained` and `LibraProcessor.from_pretrained` read: `config.json` +
+safetensors with the official parameter names, the text tokenizer files, the vision tokenizer yaml +
+weights and the CLIP folder. Under ZeRO-3 the sharded parameters are gathered onto rank 0 first. Like
+checkpoints, the folder is written under a temporary name, fsynced, given a manifest (every file and its
+size) and renamed into place; an existing export of the same name is set aside until the new one is in
+(``libra.durable_files.replace_folder``). An export whose weights are not all finite is refused before
+anything is written.
 
 On demand while training: `touch <run dir>/EXPORT_NOW`; at the next step the recipe writes
 `<run dir>/export_step_<step>/` and removes the request file.
@@ -19,15 +23,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from libra import distributed
+from libra.durable_files import TMP_SUFFIX, fsync_tree, replace_folder, write_manifest
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
+from .guard import NonFiniteWeights, weights_finite
 
 EXPORT_REQUEST = "EXPORT_NOW"
 
@@ -35,11 +34,11 @@ EXPORT_REQUEST = "EXPORT_NOW"
 def export_requested(run_dir: str | Path) -> bool:
     """Rank 0 looks for the request file, every rank gets its answer (they must export together)."""
     request = Path(run_dir) / EXPORT_REQUEST
-    flag = torch.tensor([1.0 if _rank() == 0 and request.exists() else 0.0])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    flag = torch.tensor([1.0 if distributed.is_main() and request.exists() else 0.0])
+    if distributed.world_size() > 1:
         flag = flag.to("cuda" if torch.cuda.is_available() else "cpu")
         dist.all_reduce(flag)
-    if flag.item() > 0 and _rank() == 0:
+    if flag.item() > 0 and distributed.is_main():
         request.unlink(missing_ok=True)
     return flag.item() > 0
 
@@ -50,8 +49,8 @@ def gathered_state_dict(engine) -> dict[str, torch.Tensor] | None:
         # Gathers each partitioned parameter in turn; needs stage3_gather_16bit_weights_on_model_save,
         # which our generated DeepSpeed JSON always sets.
         state = engine._zero3_consolidated_16bit_state_dict()
-        return state if _rank() == 0 else None
-    if _rank() != 0:
+        return state if distributed.is_main() else None
+    if not distributed.is_main():
         return None
     return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
 
@@ -59,16 +58,18 @@ def gathered_state_dict(engine) -> dict[str, torch.Tensor] | None:
 def export_pretrained(engine, processor, out_dir: str | Path) -> Path:
     """Write model + processor to `out_dir` (all ranks call; rank 0 writes). Returns the folder."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if not weights_finite(engine):
+        raise NonFiniteWeights(f"refusing to write the export {out_dir}: some weights are not finite")
+    tmp = out_dir.with_name(out_dir.name + TMP_SUFFIX)
     state = gathered_state_dict(engine)
-    if _rank() == 0:
+    if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
         model = engine.module
         # Only the names the model declares: buffers that are not persistent never reach the file.
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    _barrier()
+        fsync_tree(tmp)
+        write_manifest(tmp)
+        replace_folder(tmp, out_dir)
+    distributed.barrier()
     return out_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from libra.model import LibraConfig, LibraForCausalLM
+from libra.pretrained import load_pretrained_model, load_pretrained_processor, resolve_pretrained
 from libra.tokenizer.image_processing import ImagePreprocessor
 from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.text_tokenizer import load_text_tokenizer
@@ -75,33 +76,30 @@ def tiny_libra(
 
 
 def libra_from_llama(processor: LibraProcessor, folder: str, **config_overrides) -> LibraForCausalLM:
-    """Stage-1 start: LLaMA-2 weights in the language half, a fresh visual expert (spec §7.1)."""
+    """Stage-1 start: LLaMA-2 weights in the language half, a fresh visual expert (docs/design.md §7.1)."""
     shape = vision_shape(processor)
     model = LibraForCausalLM.from_llama(folder, **{**shape, **config_overrides})
     check_model_matches_processor(model.config, processor)
     return model
 
 
-def resolve_folder(folder: str | Path) -> Path:
-    """A checkpoint folder, or a run dir whose `export/` is one (so stage 2 can name stage 1's run)."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file() and (folder / "export" / "config.json").is_file():
-        return folder / "export"
-    return folder
-
-
-def libra_from_pretrained(processor: LibraProcessor, folder: str, dtype: str = "float32") -> LibraForCausalLM:
-    """A Libra checkpoint folder: the official release, or an export of this recipe."""
-    model = LibraForCausalLM.from_pretrained(resolve_folder(folder), dtype=DTYPES[dtype])
+def libra_from_pretrained(
+    processor: LibraProcessor, init_from: str, dtype: str = "float32"
+) -> LibraForCausalLM:
+    """Any Libra checkpoint (`libra.pretrained`): the official release, an export, a run dir or a
+    DeepSpeed step folder; this is how stage 2 starts from stage 1."""
+    resolved = resolve_pretrained(init_from)
+    print(f"[libra] model.init_from: {resolved.reason}", flush=True)
+    model = load_pretrained_model(resolved, dtype=DTYPES[dtype])
     check_model_matches_processor(model.config, processor)
     return model
 
 
 def processor_from_pretrained(
-    folder: str, template: str = "v1", max_length: int | None = None
+    init_from: str, template: str = "v1", max_length: int | None = None
 ) -> LibraProcessor:
-    """The processor stored in a checkpoint folder (or a run dir's export)."""
-    return LibraProcessor.from_pretrained(resolve_folder(folder), template=template, max_length=max_length)
+    """The processor stored with any Libra checkpoint (the folder `model.init_from` names)."""
+    return load_pretrained_processor(init_from, template=template, max_length=max_length)
 
 
 def processor_from_parts(

@@ -1,6 +1,6 @@
-"""AdamW parameter groups and learning-rate schedules of the training recipe (spec §7.1, §7.2).
+"""AdamW parameter groups and learning-rate schedules of the training recipe (docs/design.md §7.1, §7.2).
 
-Two departures from the official trainer, both on purpose (spec §8 B22):
+Two departures from the official trainer, both on purpose (docs/design.md B22):
 
 * no weight decay on norms, biases and embedding tables (the official fallback decays embeddings and
   the unused `vision_hidden_placeholder`);
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 # Parameters whose names contain one of these never get weight decay: shrinking a norm scale or an
-# embedding row towards zero is not regularisation, it only fights the signal (spec §8 B22).
+# embedding row towards zero is not regularisation, it only fights the signal (docs/design.md B22).
 NO_DECAY_NAME_PARTS = ("norm", "bias", "embed_tokens", "embedding", "placeholder")
 
 

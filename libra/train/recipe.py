@@ -1,13 +1,19 @@
-"""The Libra training recipe: `train(cfg)` reads set-up -> loop -> save (spec §7, paper §4).
+"""The Libra training recipe: `train(cfg)` reads set-up -> loop -> save (docs/design.md §7, paper §4).
 
 One engine path for every DeepSpeed set-up (stage 0, ZeRO-2/3, with or without offload): the JSON is
 generated from `cfg.deepspeed` + `cfg.trainer` (deepspeed_config.py) and written to the run dir.
 Stage 1 of the paper is `trainer.freeze_language=true` (only the visual expert trains), stage 2 is
 the same recipe with everything trainable, started from stage 1's export (`model=from_pretrained`).
 
-Differences from the official trainer, on purpose: gradient clipping in every stage (B6), weight
-decay only on matrices and a working `llm_lr_scale` (B22, optim.py), and an export that
-`from_pretrained` loads, so stage 1 feeds stage 2 directly (B4, B5; export.py).
+Differences from the official trainer, on purpose (docs/design.md B6, B22, B4, B5): gradient clipping
+in every stage, weight decay only on matrices and a working `llm_lr_scale` (optim.py), and an export
+that `from_pretrained` loads, so stage 1 feeds stage 2 directly (export.py).
+
+What survives what: a step whose loss or gradient norm is not finite is not applied, and
+`trainer.max_bad_steps` of them in a row stop the run (guard.py, exit_codes.NON_FINITE); SIGTERM,
+SIGINT, SIGUSR1 and SIGUSR2 stop it after the current step with a checkpoint, and under SLURM
+requeue it (preemption.py, exit_codes.PREEMPTED); checkpoints and exports are complete or ignored
+(checkpoint.py); a micro-batch whose every sample was skipped is passed over and counted.
 
 Launch (see README): `python run.py` (one process), `python run.py cluster=torchrun
 cluster.gpus_per_node=8` (one machine), `python run.py cluster=slurm cluster.nodes=5` (many machines).
@@ -17,9 +23,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
@@ -30,33 +37,23 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from libra import distributed
 from libra.data.batching import DataBatch, ReaderCollator, ReaderState
 from libra.data.samplers import ResumableSampler
+from libra.distributed import init_process_group, main_rank_first
+from libra.exit_codes import NON_FINITE, PREEMPTED, RunStopped, clear_stop_record, write_stop_record
+from libra.pretrained import save_model_files
 from libra.tracking import MetricLogger, build_logger
 
-from .baselines import majority_baseline
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .baselines import baseline_table
+from .checkpoint import load_checkpoint, newest_good_checkpoint, resolve_resume, save_checkpoint
 from .deepspeed_config import deepspeed_config, write_deepspeed_config
 from .export import export_pretrained, export_requested
+from .guard import UpdateGate
 from .models import check_model_matches_processor
 from .optim import freeze_language
+from .preemption import StopSignals, requeue_slurm_job, resume_setting
 from .state import TrainState, seed_everything
-
-# Single-process runs without a launcher: DeepSpeed would otherwise go looking for MPI.
-SINGLE_PROCESS_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join (or create) the process group; gloo on CPU, nccl on GPUs. Returns (rank, world size)."""
-    if "RANK" not in os.environ:
-        for key, value in SINGLE_PROCESS_ENV.items():
-            os.environ.setdefault(key, value)
-        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))  # parallel tests don't collide
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    return dist.get_rank(), dist.get_world_size()
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -64,16 +61,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # ------------------------------------------------------------------ set-up
     t = cfg.trainer
     run_dir = Path(cfg.run_dir)
-    rank, world_size = init_distributed()
+    rank, world_size = init_process_group()
     run_dir.mkdir(parents=True, exist_ok=True)  # the launcher made it already, unless called directly
-    processor = instantiate(cfg.tokenizer)
+    with main_rank_first():  # a tokenizer or data set built on first use is built once, by rank 0
+        processor = instantiate(cfg.tokenizer)
     # Seeded right before the model (building a processor may draw random numbers): the same initial
     # weights on every rank and in every run with this seed.
     seed_everything(cfg.seed)
     model = instantiate(cfg.model)(processor)  # vocabulary and vision shapes come from the processor
     check_model_matches_processor(model.config, processor)
+    if rank == 0:  # config + processor next to the checkpoints: each step folder loads on its own
+        save_model_files(model.config, processor, run_dir)
     if t.freeze_language:
-        freeze_language(model)  # stage 1 (spec §7.1): only the visual expert and its heads learn
+        freeze_language(model)  # stage 1 (docs/design.md §7.1): only the visual expert and its heads learn
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     train_set = instantiate(cfg.data.train)
@@ -109,7 +109,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     processor.to(engine.device)  # the frozen vision tokenizer runs inside the step, next to the model
 
     state = TrainState()
-    checkpoint = resolve_resume(cfg.resume, run_dir)
+    checkpoint = resolve_resume(
+        resume_setting(cfg.resume, OmegaConf.select(cfg, "cluster.launcher")), run_dir
+    )
     if checkpoint is not None:
         load_checkpoint(engine, state, checkpoint)
         reader.load_state_dict(state.data)
@@ -117,92 +119,101 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print(f"[libra] resumed from {checkpoint} at step {state.step}", flush=True)
     else:
         seed_everything(cfg.seed + rank)  # from here on ranks draw different random numbers
-    logger = build_logger(cfg, run_dir, resume_id=state.wandb_run_id)
+    # rows metrics.jsonl holds beyond this step come from an interrupted earlier run: dropped
+    logger = build_logger(cfg, run_dir, resume_id=state.wandb_run_id, resume_step=state.step)
     state.wandb_run_id = logger.run_id
+    if rank == 0:
+        clear_stop_record(run_dir)
+    gate = UpdateGate(engine, optimizer)  # refuses the update of a non-finite step
     flops_per_token = 6 * sum(p.numel() for p in model.parameters())  # nanoGPT-style estimate
+    peak_flops = t.peak_flops_per_device * world_size
     accumulation = engine.gradient_accumulation_steps()
 
     # ------------------------------------------------------------------ loop
     batches = endless(loader, sampler or train_set, reader)
-    last_inputs = None
+    saved_step = state.step if checkpoint is not None else None  # the newest checkpoint on disk
     progress = tqdm(
         total=t.max_steps, initial=state.step, disable=rank != 0, desc="train", dynamic_ncols=True
     )
     engine.train()
-    while state.step < t.max_steps:
-        start = time.perf_counter()
-        sums = torch.zeros(5)  # loss, loss_text, loss_image, tokens, samples (this rank)
-        for _ in range(accumulation):
-            batch: DataBatch = next(batches)
-            reader.update(batch)
-            # A batch whose samples were all skipped still takes part (every rank must run the same
-            # collectives): the previous inputs again, with zero weight.
-            weight = 1.0 if batch.inputs is not None else 0.0
-            if batch.inputs is not None:
-                last_inputs = processor.to_model_inputs(batch.inputs, device=engine.device)
-            inputs = last_inputs
-            out = engine(**inputs, return_logits=False)
-            engine.backward(out.loss * weight)
-            if engine.is_gradient_accumulation_boundary():
-                grad_norm = _plain_grad_norm(engine)  # None unless DeepSpeed would drop it (stage 0, fp32)
-            engine.step()  # DeepSpeed steps the optimizer + scheduler only at the accumulation boundary
-            sums += torch.tensor(
-                [
-                    out.loss.item() * weight,
-                    _item(out.loss_text) * weight,
-                    _item(out.loss_image) * weight,
-                    inputs["attention_mask"].sum().item() * weight,
-                    batch.num_samples,
-                ]
-            )
-        state.step += 1
-        state.samples_seen += int(sums[4].item())
-        state.tokens_seen += int(sums[3].item())
-        step_time = time.perf_counter() - start
+    with StopSignals() as signals:  # a stop signal ends the loop after the current step
+        while state.step < t.max_steps:
+            start = time.perf_counter()
+            sums = torch.zeros(4, device=engine.device)  # loss, loss_text, loss_image, tokens (this rank)
+            samples = 0
+            for _ in range(accumulation):
+                batch = next_usable_batch(batches, reader)
+                inputs = processor.to_model_inputs(batch.inputs, device=engine.device)
+                out = engine(**inputs, return_logits=False)
+                engine.backward(out.loss)
+                parts = [out.loss, _part(out.loss_text, out.loss), _part(out.loss_image, out.loss)]
+                tokens = inputs["attention_mask"].sum().to(sums.dtype)
+                sums += torch.stack([*parts, tokens]).detach().float()  # on the device: no host sync
+                samples += batch.num_samples
+                if engine.is_gradient_accumulation_boundary():
+                    step = StepNumbers.reduce(sums, samples, signals, _plain_grad_norm(engine), accumulation)
+                    gate.arm(loss_finite=step.loss_finite, grad_norm=step.plain_grad_norm)
+                engine.step()  # DeepSpeed steps optimizer + scheduler only at the boundary (via the gate)
+            applied = gate.disarm()
+            state.step += 1
+            state.samples_seen += step.local_samples
+            state.tokens_seen += step.local_tokens
+            state.bad_streak = 0 if applied else state.bad_streak + 1
+            state.bad_steps += 0 if applied else 1
+            step_time = time.perf_counter() - start
 
-        if state.step % t.log_every == 0 or state.step == t.max_steps:
-            sums = _all_reduce_sum(sums)
-            tokens, samples = sums[3].item(), sums[4].item()
-            metrics = {
-                "train/loss": sums[0].item() / (accumulation * world_size),
-                "train/loss_text": sums[1].item() / (accumulation * world_size),
-                "train/loss_image": sums[2].item() / (accumulation * world_size),
-                "train/lr": scheduler.get_last_lr()[0],  # group 0 is a vision group: the base lr
-                "train/grad_norm": grad_norm if grad_norm is not None else _grad_norm(engine),
-                "perf/step_time": step_time,
-                "perf/tokens_per_s": tokens / step_time,
-                "perf/samples_per_s": samples / step_time,
-                "perf/mfu": flops_per_token * tokens / step_time / (t.peak_flops_per_device * world_size),
-                "perf/max_memory_gb": _max_memory_gb(),
-                "data/epoch": float(reader.epoch),
-            }
-            metrics.update(reader.metrics())
-            logger.log(metrics, state.step)
-            progress.set_postfix(
-                loss=f"{metrics['train/loss']:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}"
-            )
-        progress.update(1)
+            if state.step % t.log_every == 0 or state.step == t.max_steps or not applied or step.stop:
+                metrics = {
+                    "train/loss": step.loss,
+                    "train/loss_text": step.loss_text,
+                    "train/loss_image": step.loss_image,
+                    "train/lr": scheduler.get_last_lr()[0],  # group 0 is a vision group: the base lr
+                    "train/grad_norm": gate.grad_norm,
+                    "train/bad_steps": state.bad_steps,
+                    "perf/step_time": step_time,
+                    "perf/tokens_per_s": step.tokens / step_time,
+                    "perf/samples_per_s": step.samples / step_time,
+                    "perf/mfu": flops_per_token * step.tokens / step_time / peak_flops,
+                    "perf/max_memory_gb": _max_memory_gb(),
+                    "data/epoch": float(reader.epoch),
+                }
+                metrics.update(reader.metrics())
+                logger.log(metrics, state.step)
+                progress.set_postfix(loss=f"{step.loss:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
+            progress.update(1)
+            if not applied:
+                _refused_step(cfg, run_dir, state, step, gate.grad_norm, logger, progress)
 
-        if val_set is not None and t.eval_every > 0 and state.step % t.eval_every == 0:
-            logger.log(
-                evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches), state.step
-            )
-            engine.train()
-        if t.checkpoint_every > 0 and state.step % t.checkpoint_every == 0 and state.step < t.max_steps:
-            state.data = reader.state_dict()
-            save_checkpoint(engine, state, run_dir, t.keep_last)
-        if t.benchmark_every > 0 and state.step % t.benchmark_every == 0 and state.step < t.max_steps:
-            scores = benchmark_during_training(cfg, engine, processor, logger, run_dir, state.step)
-            logger.log(scores, state.step)
-            engine.train()
-        if export_requested(run_dir):  # `touch <run dir>/EXPORT_NOW`: a loadable folder mid-run
-            export_pretrained(engine, processor, run_dir / f"export_step_{state.step:06d}")
+            if val_set is not None and t.eval_every > 0 and state.step % t.eval_every == 0:
+                logger.log(
+                    evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches), state.step
+                )
+                engine.train()
+            due = t.checkpoint_every > 0 and state.step % t.checkpoint_every == 0
+            if (due and state.step < t.max_steps) or step.stop:
+                state.data = reader.state_dict()
+                saved = save_checkpoint(engine, state, run_dir, t.keep_last)
+                saved_step = state.step
+                if not step.stop:  # a stopping job has seconds to exit: no pass over its files
+                    logger.log_artifact("checkpoint", "checkpoint", saved, state.step)
+            if step.stop:
+                progress.close()
+                _preempted(cfg, run_dir, state, signals, step, saved, logger)
+            if t.benchmark_every > 0 and state.step % t.benchmark_every == 0 and state.step < t.max_steps:
+                scores = benchmark_during_training(cfg, engine, processor, logger, run_dir, state.step)
+                logger.log(scores, state.step)
+                engine.train()
+            if export_requested(run_dir):  # `touch <run dir>/EXPORT_NOW`: a loadable folder mid-run
+                export_pretrained(engine, processor, run_dir / f"export_step_{state.step:06d}")
     progress.close()
 
     # ------------------------------------------------------------------ save
-    state.data = reader.state_dict()
-    save_checkpoint(engine, state, run_dir, t.keep_last)
+    if saved_step != state.step:  # else resumed from the final checkpoint: it is there already
+        state.data = reader.state_dict()
+        saved = save_checkpoint(engine, state, run_dir, t.keep_last)
+        logger.log_artifact("checkpoint", "checkpoint", saved, state.step)  # with logger.log_artifacts
     export_dir = export_pretrained(engine, processor, run_dir / "export")
+    logger.log_artifact("export", "model", export_dir, state.step)
     results: dict[str, float] = {}
     if val_set is not None:
         results.update(evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches))
@@ -211,6 +222,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         # every rank generates its shard; scores go to this run's logger (one W&B run per job)
         results.update(run_benchmark(cfg, export_dir, run_dir, logger, state.step))
     logger.log(results, state.step)
+    logger.summary(results)  # the final scores, next to their baselines, in the W&B run summary
     logger.finish()
     return results if rank == 0 else {}
 
@@ -221,37 +233,185 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def endless(loader: DataLoader, position, reader: ReaderState):
     """Batches forever, epoch after epoch; `position` (sampler or stream) is told each new epoch."""
     while True:
-        position.set_epoch(reader.epoch)
+        # the epoch, and for a stream where each slot stopped (new workers start each epoch afresh)
+        position.load_state_dict(reader.state_dict())
         yield from loader
         reader.start_epoch(reader.epoch + 1)
 
 
+def next_usable_batch(batches, reader: ReaderState) -> DataBatch:
+    """The next batch with at least one sample. A batch whose every sample was skipped is consumed,
+    counted (``data/skipped/empty_micro_batch``) and passed over: the rank just draws more of its own
+    data, so every rank still runs the same forwards, backwards and collectives."""
+    start_epoch = reader.epoch
+    while True:
+        batch = next(batches)
+        reader.update(batch)
+        if batch.inputs is not None:
+            return batch
+        reader.skipped.update({"empty_micro_batch": 1})
+        if reader.epoch > start_epoch + 1:
+            raise RuntimeError(
+                "a whole epoch of the training data gave no usable sample: every one was skipped "
+                f"(counts: {dict(reader.skipped)}); check data.train and the warnings above"
+            )
+
+
+@dataclass
+class StepNumbers:
+    """One optimizer step's numbers, agreed by every rank at the accumulation boundary."""
+
+    loss: float  # means over the step's micro-batches and ranks
+    loss_text: float
+    loss_image: float
+    tokens: float  # all ranks
+    samples: float
+    local_tokens: int  # this rank (TrainState counts per rank)
+    local_samples: int
+    stop: bool  # some rank got a stop signal
+    requeue: bool  # ... one that asks for a SLURM requeue
+    plain_grad_norm: float | None  # stage 0 fp32 only (see _plain_grad_norm)
+
+    @property
+    def loss_finite(self) -> bool:
+        return all(math.isfinite(v) for v in (self.loss, self.loss_text, self.loss_image))
+
+    @classmethod
+    def reduce(cls, sums, samples: int, signals: StopSignals, plain_norm, accumulation: int) -> StepNumbers:
+        """One all-reduce of the step's sums and stop flags, one host read: a non-finite loss on
+        any rank is non-finite on all, and a signal on any rank stops all after this step."""
+        flags = torch.tensor([samples, signals.stop, signals.requeue], dtype=torch.float32)
+        local = torch.cat([sums, flags.to(sums.device)])
+        total = local.clone()
+        if distributed.world_size() > 1:
+            dist.all_reduce(total)
+        norm = (
+            plain_norm.reshape(1).float() if plain_norm is not None else torch.full_like(total[:1], math.nan)
+        )
+        values = torch.cat([local[3:5], total, norm]).tolist()
+        local_tokens, local_samples, loss, text, image, tokens, all_samples, stop, requeue, pnorm = values
+        n = accumulation * distributed.world_size()
+        return cls(
+            loss / n,
+            text / n,
+            image / n,
+            tokens,
+            all_samples,
+            int(local_tokens),
+            int(local_samples),
+            stop > 0,
+            requeue > 0,
+            pnorm if plain_norm is not None else None,
+        )
+
+
+def _refused_step(
+    cfg, run_dir: Path, state: TrainState, step: StepNumbers, grad_norm, logger, progress
+) -> None:
+    """Say that a step was not applied; stop the run after `trainer.max_bad_steps` in a row."""
+    limit = cfg.trainer.max_bad_steps
+    parts = f"loss={step.loss} loss_text={step.loss_text} loss_image={step.loss_image} grad_norm={grad_norm}"
+    if distributed.is_main():
+        print(
+            f"[libra] step {state.step} not applied: {parts} ({state.bad_streak} in a row, "
+            f"{state.bad_steps} in all; the run stops after {limit} in a row)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if limit <= 0 or state.bad_streak < limit:
+        return
+    good = newest_good_checkpoint(run_dir)
+    report = {
+        "reason": "non-finite loss or gradient norm",
+        "exit_code": NON_FINITE,
+        "step": state.step,
+        "first_bad_step": state.step - state.bad_streak + 1,
+        "bad_steps_in_a_row": state.bad_streak,
+        "loss": step.loss,
+        "loss_text": step.loss_text,
+        "loss_image": step.loss_image,
+        "grad_norm": grad_norm,
+        "last_good_checkpoint": str(good) if good is not None else None,
+    }
+    progress.close()
+    if distributed.is_main():
+        write_stop_record(run_dir, report)
+        fix = "resume=<that step folder> with a lower optimizer.lr" if good else "a lower optimizer.lr"
+        print(
+            f"[libra] STOPPED: {state.bad_streak} steps in a row (steps {report['first_bad_step']}-"
+            f"{state.step}) had a non-finite loss or gradient norm; none of them changed the weights.\n"
+            f"  step {state.step}: {parts}\n"
+            f"  last good checkpoint: {report['last_good_checkpoint']}\n"
+            f"  try: {fix} (or a larger trainer.max_bad_steps); exit code {NON_FINITE}",
+            file=sys.stderr,
+            flush=True,
+        )
+    logger.finish(exit_code=NON_FINITE)
+    raise RunStopped(NON_FINITE, report)
+
+
+def _preempted(
+    cfg, run_dir: Path, state: TrainState, signals: StopSignals, step: StepNumbers, checkpoint: Path, logger
+) -> None:
+    """After the stop step's checkpoint: record, finish the W&B run, requeue under SLURM, exit."""
+    requeue = step.requeue and OmegaConf.select(cfg, "cluster.launcher") == "slurm"
+    report = {
+        "reason": "stop signal",
+        "signal": signals.received.name if signals.received else "received by another rank",
+        "exit_code": PREEMPTED,
+        "step": state.step,
+        "checkpoint": str(checkpoint),
+        "requeue": requeue,
+    }
+    if distributed.is_main():
+        write_stop_record(run_dir, report)
+        print(
+            f"[libra] stopped after step {state.step} on {report['signal']}; checkpoint {checkpoint}; "
+            f"continue with resume=auto (exit code {PREEMPTED})",
+            file=sys.stderr,
+            flush=True,
+        )
+    logger.mark_preempting()
+    logger.finish(exit_code=PREEMPTED)
+    distributed.barrier()  # everything written before SLURM may kill the job for its requeue
+    if requeue and distributed.is_main():
+        report["requeued_job"] = requeue_slurm_job()
+    raise RunStopped(PREEMPTED, report)
+
+
 @torch.no_grad()
 def evaluate_loss(engine, processor, dataset, micro_batch_size: int, max_batches: int) -> dict[str, float]:
-    """Mean validation losses over the first `max_batches` batches of every rank's share."""
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    """Mean validation losses over the first `max_batches` batches of every rank's share.
+
+    A batch whose samples were all skipped still runs (ZeRO-3 gathers parameters in every forward, so
+    ranks must run as many), on another batch of the rank's share and with weight 0."""
     engine.eval()
-    sampler = ResumableSampler(dataset, shuffle=False, rank=rank, world_size=world_size)
+    sampler = ResumableSampler(
+        dataset, shuffle=False, rank=distributed.rank(), world_size=distributed.world_size()
+    )
     loader = DataLoader(
         dataset, batch_size=micro_batch_size, sampler=sampler, collate_fn=ReaderCollator(processor.collator)
     )
-    sums = torch.zeros(4)
-    inputs = None
-    for i, batch in enumerate(loader):
-        if i == max_batches:
-            break
-        weight = 1.0 if batch.inputs is not None else 0.0  # all skipped: keep in step, count nothing
-        if batch.inputs is not None:
-            inputs = processor.to_model_inputs(batch.inputs, device=engine.device)
-        out = engine(**inputs, return_logits=False)
-        sums += weight * torch.tensor([out.loss.item(), _item(out.loss_text), _item(out.loss_image), 1.0])
-    sums = _all_reduce_sum(sums)
-    n = max(sums[3].item(), 1.0)
-    return {
-        "eval/loss": sums[0].item() / n,
-        "eval/loss_text": sums[1].item() / n,
-        "eval/loss_image": sums[2].item() / n,
-    }
+    batches = [batch for _, batch in zip(range(max_batches), loader)]
+    stand_in = next((b.inputs for b in batches if b.inputs is not None), None)
+    usable = torch.tensor([float(stand_in is not None)], device=engine.device)
+    if distributed.world_size() > 1:
+        dist.all_reduce(usable, op=dist.ReduceOp.MIN)
+    sums = torch.zeros(4, device=engine.device)
+    if usable.item() > 0:
+        for batch in batches:
+            inputs = processor.to_model_inputs(
+                batch.inputs if batch.inputs is not None else stand_in, device=engine.device
+            )
+            out = engine(**inputs, return_logits=False)
+            weight = 1.0 if batch.inputs is not None else 0.0
+            parts = [out.loss, _part(out.loss_text, out.loss), _part(out.loss_image, out.loss)]
+            sums += torch.stack([*parts, torch.ones_like(out.loss)]).float() * weight
+    if distributed.world_size() > 1:
+        dist.all_reduce(sums)
+    loss, text, image, n = sums.tolist()
+    n = n if n > 0 else math.nan  # no usable validation batch on some rank: nan, not a made-up 0
+    return {"eval/loss": loss / n, "eval/loss_text": text / n, "eval/loss_image": image / n}
 
 
 def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_dir: Path, step: int) -> dict:
@@ -286,51 +446,27 @@ def run_benchmark(
 
     bench_cfg = OmegaConf.merge(cfg, {"checkpoint": str(checkpoint), "run_dir": str(run_dir / "benchmark")})
     results = dict(evaluate(bench_cfg, logger=logger, step=step))
-    if dist.get_rank() != 0:
+    if not distributed.is_main():
         return {}
-    lines = [f"{'metric':<40} {'model':>9} {'baseline':>9}"]
-    for name, task_cfg in cfg.benchmark.items():
-        constant, scores = majority_baseline(task_cfg)
-        for metric, value in scores.items():
-            results[f"baseline/{name}/{metric}"] = float(value)
-            model_value = results.get(f"benchmark/{name}/{metric}", float("nan"))
-            lines.append(f"{name + '/' + metric:<40} {model_value:>9.3f} {value:>9.3f}")
-        lines.append(f"  (baseline answer for {name}: {constant!r})")
+    baselines, lines = baseline_table(cfg.benchmark, results)
+    results.update(baselines)
     print("\n".join(lines), flush=True)
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     return results
 
 
-def _item(value: torch.Tensor | None) -> float:
-    """A loss part that may be absent (no text / no image targets in the batch) counts as 0."""
-    if value is None:
-        return 0.0
-    value = value.item()
-    return 0.0 if math.isnan(value) else value
+def _part(value: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A loss part the model did not compute (no labels) counts as 0; a NaN stays NaN."""
+    return value if value is not None else torch.zeros_like(like)
 
 
-def _all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        values = values.to(device)
-        dist.all_reduce(values)
-    return values.cpu()
-
-
-def _grad_norm(engine) -> float:
-    """Global gradient norm before clipping, as DeepSpeed computed it (NaN when it did not)."""
-    norm = engine.get_global_grad_norm()
-    if norm is None:
-        return float("nan")
-    return float(norm.item() if torch.is_tensor(norm) else norm)
-
-
-def _plain_grad_norm(engine) -> float | None:
-    """Stage 0 in fp32 clips with DeepSpeed's helper but throws the norm away; measure it ourselves."""
+def _plain_grad_norm(engine) -> torch.Tensor | None:
+    """Stage 0 in fp32 clips with DeepSpeed's helper but throws the norm away; measure it ourselves
+    (on the device, before clipping; the gradients are all-reduced already, the same on every rank)."""
     if engine.zero_optimization_stage() != 0 or engine.bfloat16_enabled():
         return None
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
 
 
 def _max_memory_gb() -> float:

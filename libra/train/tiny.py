@@ -5,8 +5,8 @@ tokenizer.
 
 Choice: the vision tokenizer is *seeded and frozen*, not trained. A random CLIP of the official
 architecture already maps each 14-px patch to features that separate colours and edges, the LFQ codes
-are a fixed hash of them, and the model reads both (codes + continuous signal, spec §3.2). Training
-the tokenizer would spend minutes of the 5-minute budget on a reconstruction objective that the
+are a fixed hash of them, and the model reads both (codes + continuous signal, docs/design.md §3.2).
+Training the tokenizer would spend minutes of the 5-minute budget on a reconstruction objective that the
 benchmarks do not measure.
 
 The text tokenizer sees the synthetic corpus plus the conversation template's fixed strings (system

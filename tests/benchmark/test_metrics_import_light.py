@@ -7,7 +7,7 @@ from bench_corpus import ROOT
 
 METRIC_MODULES = [
     "vqa_answers", "vqa_accuracy", "exact_match", "ptb_tokenizer", "java", "ngram_table", "bleu",
-    "rouge", "cider", "meteor", "spice", "caption_metrics", "files", "score",
+    "rouge", "cider", "meteor", "spice", "caption_metrics", "files", "score", "pope",
 ]  # fmt: skip
 
 

@@ -5,56 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
+from tiny_bench import make_cfg
 
 from libra.benchmark import evaluate
 from libra.benchmark import runner as runner_module
-
-CONF = Path(__file__).resolve().parents[2] / "conf" / "benchmark"
-SYNTHETIC = {"seed": 0, "image_size": 56, "train_images": 40, "val_images": 4, "test_images": 6}
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    from libra.train.models import tiny_libra
-    from libra.train.tiny import tiny_synthetic_processor
-
-    cache = tmp_path_factory.mktemp("cache")
-    processor = tiny_synthetic_processor(str(cache), SYNTHETIC, vocab_size=300)
-    torch.manual_seed(0)
-    model = tiny_libra(
-        processor, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
-    )
-    folder = tmp_path_factory.mktemp("ckpt")
-    model.save_pretrained(folder, safe_serialization=True)
-    processor.save_pretrained(folder)
-    return folder, cache
-
-
-def make_cfg(checkpoint: Path, cache: Path, run_dir: Path):
-    tasks = OmegaConf.merge(
-        OmegaConf.load(CONF / "synthetic_vqa.yaml"), OmegaConf.load(CONF / "synthetic_caption.yaml")
-    )
-    tasks.synthetic_vqa.max_items = 10
-    tasks.synthetic_vqa.batch_size = 4
-    tasks.synthetic_caption.max_items = 6
-    tasks.synthetic_caption.batch_size = 4
-    tasks.synthetic_caption.decoding.max_new_tokens = 6
-    cfg = OmegaConf.create(
-        {
-            "checkpoint": str(checkpoint),
-            "run_dir": str(run_dir),
-            "task": "benchmark",
-            "group": "test",
-            "name": "test",
-            "data": {"cache_dir": str(cache), "synthetic": SYNTHETIC},
-            "logger": OmegaConf.load(CONF.parent / "logger" / "wandb.yaml"),
-            "benchmark": tasks,
-        }
-    )
-    cfg.logger.backend.mode = "offline"
-    return cfg
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Worked examples of the official answer processing and its quirks (spec §1.2)."""
+"""Worked examples of the official answer processing and its quirks (GT-Vision-Lab/VQA ``vqaEval.py``)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""COCO Karpathy captions: single and list-valued captions (B21), ground truth, bad entries."""
+"""COCO Karpathy captions: single and list-valued captions (docs/design.md B21), ground truth, bad entries."""
 
 from __future__ import annotations
 

@@ -94,3 +94,37 @@ def test_real_photos_and_vqa_prompts_through_the_processor(processor, tmp_path, 
     assert prompts.num_samples == 9 and prompts.inputs.label_mask is None
     assert prompts.inputs.pixel_values.shape == (9, 3, 56, 56)
     assert (prompts.inputs.attention_mask[:, -1] == 1).all()  # left padding: every prompt ends at the edge
+
+
+def test_hidden_clip_features_of_text_to_image_samples_reach_the_model_as_zeros(processor, layout):
+    urls = layout.laion_urls("train")
+    reader = LaionShards(urls, image_transform=processor.preprocessor, t2i_prob=1.0, seed=2, shuffle=False)
+    loader = DataLoader(reader, batch_size=16, collate_fn=ReaderCollator(processor.collator))
+    batch = next(iter(loader)).inputs
+    hidden = batch.hide_features
+    assert 0 < int(hidden.sum()) < 16  # both kinds in the batch (seeded, 0.9 hidden)
+    signal = processor.to_model_inputs(batch)["contiguous_signal"]
+    for row in range(16):
+        at_image = batch.image_slot[row] >= 0
+        strength = signal[row][at_image].abs().sum()
+        assert (strength == 0) == bool(hidden[batch.image_slot[row][at_image][0]])
+
+
+def test_samples_cut_to_max_length_are_counted(processor):
+    long = ConversationSample([Turn("user", "tell me " * 30), Turn("assistant", "no")], key="long")
+    short = ConversationSample([Turn("user", "hi"), Turn("assistant", "hello")], key="short")
+    collate = ReaderCollator(processor.collator)
+    width = collate([short]).inputs.text_ids.shape[1]
+    processor.collator.max_length = width + 4
+    try:
+        batch = collate([long, short, long])
+    finally:
+        processor.collator.max_length = None
+    assert batch.truncated == 2 and batch.inputs.text_ids.shape[1] == width + 4
+    state = ReaderState()
+    state.update(batch)
+    state.update(collate([long]))  # no max_length now: nothing cut
+    assert state.metrics()["data/truncated"] == 2
+    again = ReaderState()
+    again.load_state_dict(state.state_dict())
+    assert again.metrics() == state.metrics()

@@ -83,7 +83,8 @@ def test_bad_data_is_skipped_counted_and_named(tmp_path, photos, caplog):
         for batch in loader:
             state.update(batch)
             good_keys += [sample.key.split("/")[1] for sample in batch.inputs or []]
-    assert good_keys == ["g0", "g1", "t0", "g2"]  # t1 was cut mid-sample: dropped with its shard
+    # cut inside t2's image: t0 and t1 before it are complete and kept, only t2 is lost
+    assert good_keys == ["g0", "g1", "t0", "t1", "g2"]
     assert dict(state.skipped) == {
         "corrupt_image": 1,
         "no_caption": 1,
@@ -96,7 +97,7 @@ def test_bad_data_is_skipped_counted_and_named(tmp_path, photos, caplog):
     text = caplog.text
     assert f"shard {tmp_path / '00000.tar'} key corrupt: corrupt_image" in text
     assert f"shard {tmp_path / '00000.tar'} key latin1: bad_caption_encoding" in text
-    assert f"shard {tmp_path / '00001.tar'} at key t1: damaged_shard" in text
+    assert f"shard {tmp_path / '00001.tar'} at key t2: damaged_shard" in text
 
 
 def test_ranks_and_workers_see_disjoint_samples_covering_all_shards(tmp_path):
@@ -206,3 +207,25 @@ def test_bad_settings_are_clear_errors(tmp_path):
 def test_member_names_split_like_webdataset():
     assert split_member_name("dir/000042.jpg") == ("dir/000042", "jpg")
     assert split_member_name("a.seg.PNG") == ("a", "seg.png")
+
+
+def test_text_to_image_hides_the_clip_features_nine_times_in_ten(tmp_path):
+    urls = make_shards(tmp_path, [100, 100, 100, 100])
+    settings = dict(samples_per_epoch=400, t2i_prob=0.5, seed=4, shuffle_buffer=16, shuffle_initial=8)
+    samples = [item.item for item in LaionShards(urls, **settings)]
+    t2i = [s for s in samples if s.task == "t2i"]
+    hidden = sum(s.hide_image_features for s in t2i)
+    # binomial bounds at about four standard deviations: 200 +- 40 t2i, 90% +- 6% of them hidden
+    assert 160 <= len(t2i) <= 240 and 0.84 <= hidden / len(t2i) <= 0.96
+    assert not any(s.hide_image_features for s in samples if s.task == "i2t")
+
+    # seeded per example: the same flags again, other ones with another seed
+    def flags(reader):
+        return [(i.item.key, i.item.task, i.item.hide_image_features) for i in reader]
+
+    assert flags(LaionShards(urls, **settings)) == [(s.key, s.task, s.hide_image_features) for s in samples]
+    assert flags(LaionShards(urls, **settings)) != flags(LaionShards(urls, **{**settings, "seed": 5}))
+    shown = LaionShards(urls, **{**settings, "t2i_hide_features_prob": 0.0})
+    assert not any(i.item.hide_image_features for i in shown)
+    with pytest.raises(ValueError, match="t2i_hide_features_prob=1.5 is not a probability"):
+        LaionShards(urls, t2i_hide_features_prob=1.5)

@@ -1,4 +1,4 @@
-"""The fused bridge attention against a naive one written here from spec §3.5 (materialised scores)."""
+"""The fused bridge attention against a naive one (materialised scores) written from docs/design.md §3.5."""
 
 import pytest
 import torch

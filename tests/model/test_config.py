@@ -1,4 +1,4 @@
-"""LibraConfig: official values, refused options, and the 11B state dict of spec §2.2 on the meta device."""
+"""LibraConfig: official values, refused options, the 11B state dict (docs/design.md §2.2) on meta."""
 
 import json
 
@@ -45,7 +45,7 @@ def test_bad_values_name_the_key(kwargs, message):
 
 
 def _spec_11b_shapes():
-    """The state dict of spec §2.2 (official config), written out independently of the model code."""
+    """The state dict of docs/design.md §2.2 (official config), written independently of the model code."""
     C, inner, V, VV, S, L = 4096, 11008, 32000, 514, 4096, 32
     shapes = {
         "model.embed_tokens.weight": (V, C),

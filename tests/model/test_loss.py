@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 
 def official_loss(logits, labels):
-    """Spec §3.10: per codebook, shifted CE over the joint (text + vision) logits; mean over codebooks."""
+    """docs/design.md §3.10: per codebook, shifted CE over the joint (text + vision) logits; mean over K."""
     K = logits.shape[0]
     losses = [
         F.cross_entropy(logits[k, :, :-1].reshape(-1, logits.shape[-1]), labels[k, :, 1:].reshape(-1))

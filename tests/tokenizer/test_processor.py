@@ -12,7 +12,7 @@ from skimage import data
 from libra.tokenizer.collator import SampleError
 from libra.tokenizer.image_processing import ImageError
 from libra.tokenizer.processor import LibraProcessor
-from libra.tokenizer.samples import CaptionSample, ConversationSample, TextSample, Turn
+from libra.tokenizer.samples import CaptionSample, ConversationSample, PromptSample, TextSample, Turn
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 VT_DIR = DATA_DIR / "vision_tokenizer_tiny"
@@ -153,7 +153,7 @@ def test_t2i_targets_and_generation_prompt(processor):
     assert (labels[:, vi == 0] == -100).all()  # boi never a target
     prompt = processor([CaptionSample(None, "a cat", key="g", task="t2i")], generation=True)
     assert prompt["input_ids"][0, 0, -1] == processor.vocab.boi_id
-    assert prompt["vision_indices"][0, -1] == 0  # B10: boi of the image to generate
+    assert prompt["vision_indices"][0, -1] == 0  # boi of the image to generate (docs/design.md B10)
 
 
 def test_decode_round_trips_benchmark_captions(processor):
@@ -169,7 +169,7 @@ def test_decode_round_trips_benchmark_captions(processor):
     # tokens (Llama behaviour) and dropped by decode. Everything else (unicode via byte fallback,
     # spacing, empty captions) comes back exactly.
     expected = [c.replace("<unk>", "").replace("</s>", "").replace("<s>", "") for c in captions]
-    mismatches = [(c, d.text) for c, d in zip(expected, decoded) if d.text != c]
+    mismatches = [(c, d) for c, d in zip(expected, decoded) if d != c]
     assert not mismatches, mismatches[:3]
     assert sum(c != e for c, e in zip(captions, expected)) == 1  # only the caption with specials
     assert len(captions) == 640 + 3203
@@ -223,7 +223,7 @@ def test_token_cache_gives_identical_inputs(tmp_path):
     reference = plain(samples)
     for key in ("input_ids", "labels", "contiguous_signal"):
         assert torch.equal(first[key], reference[key]) and torch.equal(second[key], reference[key]), key
-    # another dtype is another key (bf16 codes may differ, spec B20)
+    # another dtype is another key (bf16 codes may differ, docs/design.md B20)
     bf16 = LibraProcessor.from_pretrained(MODEL_DIR, dtype=torch.bfloat16, token_cache=tmp_path / "cache")
     assert bf16.collator(samples).pixel_values.shape[0] == 2
 
@@ -268,3 +268,99 @@ def test_token_cache_keys_do_not_depend_on_the_pixel_dtype(tmp_path):
     ]
     batch = cached.collator(normalised)
     assert batch.pixel_values is None and batch.cached_indices.shape[0] == 2
+
+
+# ---- the transformers-style API: chat messages, processor(text=..., images=...), batch_decode ----------
+
+
+def _sample_inputs(processor, turns, images):
+    return processor([ConversationSample(turns, images, key="s")], generation=True)
+
+
+def _assert_same_inputs(a, b):
+    for key in ("input_ids", "attention_mask", "vision_indices", "contiguous_signal"):
+        if a[key] is None or b[key] is None:
+            assert a[key] is None and b[key] is None, key
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_chat_messages_give_the_ids_of_the_conversation_sample(processor):
+    duck = Image.open(PROC_DIR / "images/duck_drawn.png")
+    retina = Image.open(PROC_DIR / "images/retina.png")
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]},
+        {"role": "assistant", "content": "A duck."},
+        # images go first in their turn, whatever the order of the parts (LLaVA's layout)
+        {"role": "user", "content": [{"type": "text", "text": "And this?"}, {"type": "image"}]},
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt.count("<image>") == 2 and prompt.endswith("ASSISTANT:")
+    turns = [
+        Turn("user", "<image>\nWhat is this?"),
+        Turn("assistant", "A duck."),
+        Turn("user", "<image>\nAnd this?"),
+    ]
+    expected = _sample_inputs(processor, turns, [duck, retina])
+    _assert_same_inputs(processor(text=prompt, images=[duck, retina], return_tensors="pt"), expected)
+    _assert_same_inputs(processor(text=[prompt], images=[[duck, retina]]), expected)  # one list per prompt
+
+    text_only = processor.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    _assert_same_inputs(processor(text=text_only), _sample_inputs(processor, [Turn("user", "hi")], []))
+    # without the generation prompt, a finished conversation renders as the training text
+    full = processor.apply_chat_template(messages[:2])
+    assert full.endswith("ASSISTANT: A duck. </s>")
+
+
+def test_a_list_of_prompts_shares_out_a_flat_image_list_and_pads_left(processor):
+    duck = Image.open(PROC_DIR / "images/duck_drawn.png")
+    one = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
+        add_generation_prompt=True,
+    )
+    none = processor.apply_chat_template([{"role": "user", "content": "a long question with words"}], True)
+    batch = processor(text=[none, one], images=duck)
+    alone = processor(text=one, images=duck)
+    n = alone["input_ids"].shape[-1]
+    assert torch.equal(batch["input_ids"][:, 1, -n:], alone["input_ids"][:, 0])
+    assert torch.equal(batch["contiguous_signal"][1, -n:], alone["contiguous_signal"][0])
+    width = batch["input_ids"].shape[-1]
+    assert batch["attention_mask"][0].sum() < width and batch["attention_mask"][0, -1] == 1  # left padded
+    right = processor(text=[none, one], images=duck, padding_side="right")
+    assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
+
+
+def test_bad_chat_input_is_refused_with_the_fix(processor):
+    duck = Image.open(PROC_DIR / "images/duck_drawn.png")
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "x"}]}
+    with pytest.raises(ValueError, match="system messages are not supported"):
+        processor.apply_chat_template([{"role": "system", "content": "be brief"}, user], True)
+    with pytest.raises(ValueError, match="pass add_generation_prompt=True"):
+        processor.apply_chat_template([user])
+    with pytest.raises(ValueError, match=r"messages\[0\].content\[1\]"):
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "video"}]}], True
+        )
+    with pytest.raises(SampleError, match="turn 1 is 'user'"):
+        processor.apply_chat_template([user, user], True)
+    prompt = processor.apply_chat_template([user], add_generation_prompt=True)
+    with pytest.raises(ValueError, match="1 <image> tag"):
+        processor(text=prompt)
+    with pytest.raises(ValueError, match="1 <image> tag"):
+        processor(text=[prompt], images=[[duck, duck]])
+    with pytest.raises(ValueError, match="return_tensors='np'"):
+        processor(text=prompt, images=duck, return_tensors="np")
+    with pytest.raises(TypeError, match="either samples or text"):
+        processor([TextSample("x")], text=prompt)
+    with pytest.raises(SampleError, match="PromptSample is a prompt"):
+        processor([PromptSample("a caption")])
+
+
+def test_batch_decode_gives_strings_with_or_without_image_placeholders(processor):
+    image = Image.open(PROC_DIR / "images/duck_drawn.png")
+    out = processor([CaptionSample(image, "a duck", key="d")])
+    assert processor.batch_decode(out["input_ids"]) == ["<img_ph>\na duck"]
+    assert processor.batch_decode(out["input_ids"], skip_special_tokens=True) == ["\na duck"]
+    (images,) = processor.batch_decode_images(out["input_ids"])
+    assert len(images) == 1 and images[0].size == (56, 56)
+    assert processor.batch_decode_images(out["input_ids"], prompt_length=out["input_ids"].shape[-1]) == [[]]

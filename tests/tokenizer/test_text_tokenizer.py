@@ -1,4 +1,4 @@
-"""Text tokenizer: fixture ids on both load paths, the §5.1 placeholder / </s> behaviour, training."""
+"""Text tokenizer: fixture ids on both load paths, the quirks of docs/design.md §5.1, training."""
 
 import json
 import shutil

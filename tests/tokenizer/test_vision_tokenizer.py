@@ -112,6 +112,6 @@ def test_bf16_option(vt_expected):
     vt = VisionTokenizer.from_pretrained(MODEL_DIR, dtype=torch.bfloat16)
     tokens = vt.encode(vt_expected["pixel_values_pad"])
     assert tokens.features.dtype == torch.bfloat16
-    # smallest |pre-sign value| is 0.0038 in fp32: bf16 may flip a few bits, never most of them (B20)
+    # smallest |pre-sign value| is 0.0038 in fp32: bf16 may flip a few bits, never most (docs/design.md B20)
     agree = (tokens.indices.view(5, 4, 4, 2) == vt_expected["indices"]).float().mean()
     assert agree > 0.8

@@ -84,7 +84,7 @@ def test_every_experiment_composes_and_validates(name, tmp_path, data_dir, hydra
 def test_every_sweep_composes_and_names_existing_keys(name, hydra_cleared):
     cfg = compose_config([f"sweep={name}"])
     assert cfg.hydra.mode.name == "MULTIRUN"
-    assert cfg.group == f"sweep-{name}"
+    assert cfg.group == name  # W&B group <name>-sweep-<sweep dir name>, one per sweep
     validate(cfg)
     params = cfg.hydra.sweeper.params
     assert params, f"sweeps/{name}.yaml sweeps nothing"

@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from libra import launch
+from libra.validation import ConfigError, validate
 
 from .conftest import compose_config, run_py
 
@@ -104,7 +105,7 @@ def test_torchrun_gets_one_config_and_one_run_dir(tmp_path, hydra_cleared):
         ["cluster=torchrun", "cluster.gpus_per_node=2", "trainer.global_batch_size=16"], tmp_path
     )
     launch.record_run(cfg, tmp_path, ["cluster=torchrun"])
-    command = launch.torchrun_command(cfg, tmp_path)
+    command = launch.torchrun_command(cfg, tmp_path / "config.yaml")
     assert command[1:] == [
         "-m",
         "torch.distributed.run",
@@ -113,7 +114,7 @@ def test_torchrun_gets_one_config_and_one_run_dir(tmp_path, hydra_cleared):
         "--master_port=29500",
         "-m",
         "libra.launch",
-        str(tmp_path),
+        str(tmp_path / "config.yaml"),
     ]
     saved = OmegaConf.load(tmp_path / "config.yaml")
     assert saved.run_dir == str(tmp_path)  # resolved: every rank reads the same run dir
@@ -123,11 +124,38 @@ def test_torchrun_gets_one_config_and_one_run_dir(tmp_path, hydra_cleared):
     assert "omegaconf==" in (tmp_path / "requirements.txt").read_text()
 
 
-def test_run_py_under_torchrun_is_refused(tmp_path, monkeypatch, hydra_cleared):
-    cfg = compose_config([], tmp_path)
-    monkeypatch.setattr(launch, "_STARTED_BY_OUTSIDE_LAUNCHER", True)
-    with pytest.raises(RuntimeError, match="python run.py cluster=torchrun cluster.gpus_per_node=N"):
-        launch.launch(cfg)
+@pytest.mark.parametrize(
+    "rendezvous, expected",
+    [
+        (["cluster.node_rank=1"], ["--node_rank=1", "--master_addr=10.0.0.1", "--master_port=29600"]),
+        (
+            ["cluster.rdzv_id=job7"],
+            ["--rdzv_backend=c10d", "--rdzv_endpoint=10.0.0.1:29600", "--rdzv_id=job7"],
+        ),
+    ],
+)
+def test_torchrun_on_several_nodes_names_the_rendezvous(tmp_path, hydra_cleared, rendezvous, expected):
+    overrides = ["cluster=torchrun", "cluster.nodes=2", "cluster.master_addr=10.0.0.1"]
+    overrides += ["cluster.master_port=29600", "trainer.global_batch_size=16", *rendezvous]
+    cfg = compose_config(overrides, tmp_path)
+    config_file = launch.write_node_config(cfg, tmp_path, overrides)
+    assert config_file.parent.parent == tmp_path / "launch"
+    assert (config_file.parent / "overrides.txt").read_text().splitlines() == overrides
+    command = launch.torchrun_command(cfg, config_file)
+    assert command[3:5] == ["--nnodes=2", "--nproc_per_node=2"]
+    assert command[5:-3] == expected and command[-1] == str(config_file)
+
+
+def test_several_nodes_need_a_node_rank_or_a_rendezvous_id(hydra_cleared):
+    cfg = compose_config(["cluster=torchrun", "cluster.nodes=2", "cluster.node_rank=2"])
+    with pytest.raises(ConfigError, match="cluster.node_rank: 2: with 2 nodes"):
+        validate(cfg)
+
+
+def test_several_nodes_need_a_shared_run_dir(tmp_path, hydra_cleared):
+    cfg = compose_config(["cluster=torchrun", "cluster.nodes=2", "trainer.global_batch_size=16"], tmp_path)
+    with pytest.raises(ConfigError, match="hydra.run.dir=/shared/runs/<name>"):
+        launch.launch(cfg, ["cluster=torchrun", "cluster.nodes=2"])
 
 
 def test_objective_is_read_from_metrics_json(tmp_path, hydra_cleared):

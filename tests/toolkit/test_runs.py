@@ -26,10 +26,10 @@ ONE_STEP = [
     "trainer.num_workers=0",
     "trainer.benchmark_at_end=false",
     # a small synthetic set: generating it and training the tiny tokenizer on it takes seconds
-    "data.synthetic.train_images=48",
-    "data.synthetic.val_images=8",
-    "data.synthetic.test_images=8",
-    "data.synthetic.images_per_shard=48",
+    "synthetic.train_images=48",
+    "synthetic.val_images=8",
+    "synthetic.test_images=8",
+    "synthetic.images_per_shard=48",
 ]
 
 
@@ -53,10 +53,15 @@ def multirun(tmp_path_factory, cache_env) -> Path:
 def test_multirun_gives_one_wandb_run_per_job_in_one_group(multirun):
     runs = offline_runs(multirun)
     assert len(runs) == 2
-    assert {r.group for r in runs} == {"tiny"} and {r.job_type for r in runs} == {"train"}
+    # one group for this sweep alone (its dir's timestamp), not the experiment's group of single runs
+    assert {r.group for r in runs} == {f"tiny-sweep-{multirun.name}"}
+    assert {r.job_type for r in runs} == {"train"}
     assert len({r.run_id for r in runs}) == 2
     by_lr = {r.config["optimizer"]["lr"]: r for r in runs}
     assert sorted(by_lr) == [1e-3, 3e-3]
+    # named by what the sweep varies; the overrides every job shares are left to the group
+    assert {r.name for r in runs} == {"tiny/lr=0.001", "tiny/lr=0.003"}
+    assert all(r.tags == ["tiny", "train", "sweep"] for r in runs)
     for job, lr in ((0, 1e-3), (1, 3e-3)):
         run = by_lr[lr]
         assert run.exit_code == 0
@@ -168,7 +173,7 @@ def test_cluster_torchrun_runs_two_ranks_on_one_config_and_one_run_dir(tmp_path,
 @pytest.mark.slow
 def test_task_benchmark_scores_the_export_and_logs_the_scores(multirun, tmp_path, cache_env):
     export = multirun / "0" / "export"
-    small = [a for a in ONE_STEP if a.startswith("data.synthetic.")]  # the data the model was trained on
+    small = [a for a in ONE_STEP if a.startswith("synthetic.")]  # the data the model was trained on
     args = ["task=benchmark", f"checkpoint={export}", "benchmark=synthetic", *small]
     args += ["benchmark.synthetic_vqa.max_items=8", "benchmark.synthetic_caption.max_items=4"]
     result = run_py(args, cwd=tmp_path, env=cache_env)
@@ -180,3 +185,14 @@ def test_task_benchmark_scores_the_export_and_logs_the_scores(multirun, tmp_path
     (run,) = offline_runs(run_dir / "wandb")
     assert (run.job_type, run.group, run.exit_code) == ("benchmark", "tiny", 0)
     assert any("benchmark/synthetic_vqa/samples/_type" in row for row in run.history)  # the sample table
+
+
+@pytest.mark.slow
+def test_chat_refuses_a_prompt_over_the_context(multirun, tmp_path, cache_env):
+    export = multirun / "0" / "export"
+    context = json.loads((export / "config.json").read_text())["max_position_embeddings"]
+    prompt = " ".join(["circle"] * context)
+    result = run_py(["task=chat", f"checkpoint={export}", f"prompt='{prompt}'"], cwd=tmp_path, env=cache_env)
+    assert result.returncode != 0
+    assert f"exceed the model's context of {context} tokens" in result.stderr
+    assert not list(tmp_path.glob("outputs/tiny/*/chat.json"))

@@ -1,12 +1,16 @@
 """libra.tracking: the JSONL file, W&B offline runs read back from their files, tables, curves, ranks."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
 from libra import tracking
 
+from .conftest import ROOT
 from .wandb_files import offline_runs
 
 
@@ -117,3 +121,156 @@ def test_a_crashing_task_still_finishes_its_wandb_run(tmp_path, monkeypatch):
     assert not tracking._OPEN
     (run,) = offline_runs(tmp_path / "wandb")
     assert run.exit_code == 1 and [r["train/loss"] for r in run.history if "train/loss" in r] == [4.0]
+
+
+# ---------------------------------------------------------------------- names, groups, W&B settings
+
+
+def test_run_names_come_from_the_experiment_and_its_overrides():
+    assert (
+        tracking.run_name("tiny", ["optimizer.lr=3e-3", "model.bridge_rank=8"])
+        == "tiny/lr=3e-3,bridge_rank=8"
+    )
+    assert tracking.run_name("tiny", []) == "tiny"
+    # how and where a job runs is not what it trains
+    plumbing = [
+        "experiment=tiny",
+        "task=train",
+        "cluster=slurm",
+        "cluster.nodes=2",
+        "logger.backend.mode=offline",
+    ]
+    assert (
+        tracking.run_name("tiny", [*plumbing, "hydra.run.dir=/x", "resume=auto", "seed=3"]) == "tiny/seed=3"
+    )
+    # two keys ending alike stay apart; group choices and +/~ overrides keep their meaning
+    shared = [
+        "optimizer.lr=1e-3",
+        "scheduler.lr=2e-3",
+        "deepspeed=zero2",
+        "+trainer.extra=1",
+        "~model.init_from",
+    ]
+    assert tracking.run_name("tiny", shared) == (
+        "tiny/optimizer.lr=1e-3,scheduler.lr=2e-3,deepspeed=zero2,extra=1,~init_from"
+    )
+    # paths keep their last two parts, quotes and spaces go
+    name = tracking.run_name(
+        "tiny", ["checkpoint=/work/outputs/tiny/2025-01-31_10-00-00/export", "prompt='a red bus'"]
+    )
+    assert name == "tiny/checkpoint=2025-01-31_10-00-00/export,prompt=a_red_bus"
+
+
+def test_long_run_names_are_cut_and_stay_distinct():
+    long_a = tracking.run_name("tiny", [f"data.field_{i}=value_{i}" for i in range(30)] + ["optimizer.lr=1"])
+    long_b = tracking.run_name("tiny", [f"data.field_{i}=value_{i}" for i in range(30)] + ["optimizer.lr=2"])
+    assert len(long_a) == len(long_b) == tracking.NAME_LIMIT
+    assert long_a[:-7] == long_b[:-7] and long_a != long_b and long_a[-7] == "~"
+
+
+def test_swept_keys_come_from_the_sweeper_params_and_the_recorded_command_line(tmp_path):
+    command_line = ["trainer.max_steps=1", "optimizer.lr=1e-3,3e-3", "seed=range(0,3)"]  # what Hydra records
+    (tmp_path / "multirun.yaml").write_text(json.dumps({"hydra": {"overrides": {"task": command_line}}}))
+    assert tracking.swept_keys(tmp_path, None) == {"optimizer.lr", "seed"}
+    assert tracking.swept_keys(tmp_path, {"model.bridge_rank": "4,8"}) == {
+        "optimizer.lr",
+        "seed",
+        "model.bridge_rank",
+    }
+    assert tracking.swept_keys(
+        tmp_path / "elsewhere", {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))"}
+    ) == {"optimizer.lr"}
+    assert tracking.swept_keys(tmp_path / "elsewhere", None) is None  # names then keep every override
+    job = ["trainer.max_steps=1", "optimizer.lr=0.001", "seed=2"]
+    assert tracking.run_name("tiny", job, tracking.swept_keys(tmp_path, None)) == "tiny/lr=0.001,seed=2"
+
+
+def test_a_multirun_job_joins_its_sweeps_group_and_a_single_run_its_experiments(tmp_path):
+    sweep_dir = tmp_path / "multirun" / "tiny" / "2025-01-31_10-00-00"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['seed=1', 'optimizer.lr=1e-3,3e-3']\n"
+    )
+    naming = dict(group="tiny", experiment="tiny", sweep_dir=str(sweep_dir))
+    job = _wandb(sweep_dir / "0", overrides=["seed=1", "optimizer.lr=0.001"], **naming)
+    job.finish()
+    single = _wandb(tmp_path / "outputs" / "run", overrides=["seed=1", "optimizer.lr=0.001"], **naming)
+    single.finish()
+    explicit = _wandb(tmp_path / "named", name="my run", overrides=["seed=1"], **naming)
+    explicit.finish()
+
+    (swept,) = offline_runs(sweep_dir / "0" / "wandb")
+    assert (swept.name, swept.group) == ("tiny/lr=0.001", "tiny-sweep-2025-01-31_10-00-00")
+    assert swept.tags == ["tiny", "train", "sweep"]
+    (run,) = offline_runs(tmp_path / "outputs" / "run" / "wandb")
+    assert (run.name, run.group, run.tags) == ("tiny/seed=1,lr=0.001", "tiny", ["tiny", "train"])
+    (named,) = offline_runs(tmp_path / "named" / "wandb")
+    assert named.name == "my run"
+
+
+CONSOLE_SCRIPT = """
+import sys
+from libra.tracking import WandbLogger
+for folder, options in (("on", {}), ("off", {"system_metrics": False, "console": "off"})):
+    logger = WandbLogger(sys.argv[1] + "/" + folder, {}, project="libra-test", mode="offline", **options)
+    print(f"a line printed while the {folder} run is open", flush=True)
+    logger.finish()
+"""
+
+
+def test_system_metrics_and_console_capture_are_on_by_default_and_can_be_turned_off(tmp_path):
+    # a process of its own: W&B's console capture does not see through pytest's own capture
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WANDB_API_KEY", None)
+    done = subprocess.run(
+        [sys.executable, "-c", CONSOLE_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "a line printed while the off run is open" in done.stdout  # the terminal keeps everything
+    (on,) = offline_runs(tmp_path / "on" / "wandb")
+    (off,) = offline_runs(tmp_path / "off" / "wandb")
+    assert on.stats_records >= 1 and "a line printed while the on run is open" in on.console
+    assert off.stats_records == 0 and off.console == ""
+    with pytest.raises(ValueError, match="logger.backend.console='loud'; use off, wrap, redirect"):
+        _wandb(tmp_path / "bad", console="loud")
+
+
+def test_summary_and_artifacts_reach_the_run_only_when_asked(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"\0" * 300_000)
+    with tracking.RunLogger(
+        tmp_path / "a", _wandb(tmp_path / "a", upload_max_mb=0.1), log_artifacts=True
+    ) as logger:
+        logger.summary({"benchmark/synthetic_vqa/accuracy": 55.3, "baseline/synthetic_vqa/accuracy": 9.7})
+        logger.log_artifact("export", "model", folder, step=7)
+    with tracking.RunLogger(tmp_path / "b", _wandb(tmp_path / "b")) as logger:  # log_artifacts off
+        logger.log_artifact("export", "model", folder, step=7)
+
+    (run,) = offline_runs(tmp_path / "a" / "wandb")
+    assert run.summary["benchmark/synthetic_vqa/accuracy"] == 55.3
+    assert run.summary["baseline/synthetic_vqa/accuracy"] == 9.7
+    (artifact,) = run.artifacts
+    assert (artifact.name, artifact.type) == (f"export-{run.run_id}", "model")
+    assert sorted(artifact.aliases) == ["latest", "step_7"] and artifact.metadata["path"] == str(folder)
+    assert artifact.files["config.json"]["ref"] == ""  # small: uploaded
+    big = artifact.files["model.safetensors"]
+    assert big["ref"] == (folder / "model.safetensors").as_uri() and big["size"] == 300_000  # referenced
+    (quiet,) = offline_runs(tmp_path / "b" / "wandb")
+    assert quiet.artifacts == []
+
+
+def test_bad_logger_settings_fail_validation_before_any_work(hydra_cleared):
+    from libra.validation import ConfigError, validate
+
+    from .conftest import compose_config
+
+    validate(compose_config(["logger.backend.console=off", "logger.backend.system_metrics=false"]))
+    validate(compose_config(["logger=none"]))  # no backend, nothing to check
+    with pytest.raises(
+        ConfigError, match=r"logger.backend.console: 'loud' is not one of wrap \| redirect \| off"
+    ):
+        validate(compose_config(["logger.backend.console=loud"]))
+    with pytest.raises(ConfigError, match="logger.log_artifacts: 'yes' is a str"):
+        validate(compose_config(["logger.log_artifacts=yes"]))

@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 
 from libra.validation import ConfigError, validate
 
+from .conftest import compose_config
 from .conftest import shaped_checkpoint as _checkpoint
 
 BASE = {
@@ -64,10 +65,10 @@ def test_optimizer_offload_needs_zero():
 
 
 def test_types_and_choices_are_checked():
-    msg = _problems(_cfg(trainer__micro_batch_size="four", trainer__precision="fp8", task="serve"))
+    msg = _problems(_cfg(trainer__micro_batch_size="four", trainer__precision="fp8", task="deploy"))
     assert "trainer.micro_batch_size: 'four' is a str, expected int" in msg
     assert "trainer.precision: 'fp8' is not one of fp32 | bf16" in msg
-    assert "task: 'serve' is not one of train | benchmark | chat | generate" in msg
+    assert "task: 'deploy' is not one of train | benchmark | chat | generate | serve | demo" in msg
     assert "3 problem(s)" in msg
 
 
@@ -80,8 +81,10 @@ def test_local_launcher_runs_one_process():
     assert "cluster=torchrun cluster.gpus_per_node=4" in msg
 
 
-def test_torchrun_is_one_node():
-    assert "cluster=slurm cluster.nodes=2" in _problems(_cfg(cluster__launcher="torchrun", cluster__nodes=2))
+def test_torchrun_on_several_nodes_needs_its_node_rank():
+    msg = _problems(_cfg(cluster__launcher="torchrun", cluster__nodes=2))
+    assert "cluster.node_rank: None: with 2 nodes and static rendezvous each node needs its rank" in msg
+    assert "cluster.node_rank=<0..1>  (or cluster.rdzv_id=<job id> for c10d)" in msg
 
 
 def test_required_values_of_used_groups():
@@ -93,7 +96,7 @@ def test_required_values_of_used_groups():
 
 def test_inference_tasks_need_checkpoint_and_prompt(tmp_path, data_dir):
     msg = _problems(_cfg(task="chat"))
-    assert "checkpoint: task=chat needs a checkpoint folder" in msg
+    assert "checkpoint: task=chat needs a checkpoint" in msg
     assert "prompt: task=chat needs a prompt" in msg
     folder = str(_checkpoint(tmp_path, data_dir))
     missing = str(tmp_path / "missing.jpg")
@@ -127,7 +130,8 @@ def test_checkpoint_model_and_vision_tokenizer_agree(tmp_path, data_dir):
 
 
 def test_clip_width_times_layers_is_the_signal_size(tmp_path, data_dir):
-    folder = _checkpoint(tmp_path, data_dir, contiguous_signal_size=2048)  # the official code default (B14)
+    # 2048: the official code default (docs/design.md B14)
+    folder = _checkpoint(tmp_path, data_dir, contiguous_signal_size=2048)
     msg = _problems(_cfg(task="benchmark", checkpoint=str(folder)))
     assert "contiguous_signal_size=2048, but CLIP width 32 x 4 selected layers gives 128" in msg
     assert "fix: set contiguous_signal_size to 128" in msg
@@ -149,7 +153,7 @@ def test_stage_two_start_folder_is_checked(tmp_path, data_dir):
 
 def test_folder_without_model_is_refused(tmp_path):
     msg = _problems(_cfg(task="benchmark", checkpoint=str(tmp_path)))
-    assert "is not a Libra checkpoint folder (no config.json)" in msg
+    assert "not a model folder (config.json + *.safetensors)" in msg and "pass one of those" in msg
 
 
 def test_benchmark_precision_follows_training():
@@ -164,3 +168,22 @@ def test_interpolation_to_a_key_of_another_choice_is_named():
     cfg.tokenizer = {"cache_dir": "${data.cache_dir}"}
     msg = _problems(cfg)
     assert "tokenizer.cache_dir: ${data.cache_dir} does not resolve" in msg
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.log_every=0", "trainer.log_every: 0 must be > 0"),
+        ("trainer.max_steps=-5", "trainer.max_steps: -5 must be > 0"),
+        ("trainer.max_steps=abc", "trainer.max_steps: 'abc' is a str, expected int"),
+        ("optimizer.lr=abc", "optimizer.lr: 'abc' is a str, expected int or float"),
+        ("optimizer.lr=0", "optimizer.lr: 0 must be > 0"),
+        ("trainer.checkpoint_every=-1", "trainer.checkpoint_every: -1 must be >= 0"),
+        ("trainer.max_bad_steps=0", "trainer.max_bad_steps: 0 must be > 0"),
+        ("print_config=yaml", "print_config: 'yaml' is not one of diff | full | none"),
+    ],
+)
+def test_range_rules_reject_bad_values_before_any_work(override, message, hydra_cleared):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config([override]))
+    assert message in str(error.value)

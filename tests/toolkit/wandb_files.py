@@ -45,13 +45,27 @@ def records(path: Path):
 
 
 @dataclass
+class OfflineArtifact:
+    name: str
+    type: str
+    aliases: list[str]
+    metadata: dict
+    files: dict[str, dict]  # path in the artifact -> {"size", "ref" (file:// URI or "")}
+
+
+@dataclass
 class OfflineRun:
     run_id: str = ""
+    name: str = ""
     group: str = ""
     job_type: str = ""
     tags: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # one dict per logged step
+    summary: dict = field(default_factory=dict)  # the summary updates, merged in order
+    artifacts: list[OfflineArtifact] = field(default_factory=list)
+    console: str = ""  # captured stdout + stderr
+    stats_records: int = 0  # system-metrics samples
     exit_code: int | None = None
 
 
@@ -61,6 +75,7 @@ def read_run(path: Path) -> OfflineRun:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run_id, run.group, run.job_type = record.run.run_id, record.run.run_group, record.run.job_type
+            run.name = record.run.display_name
             run.tags = list(record.run.tags)
             for item in record.run.config.update:
                 run.config[item.key] = json.loads(item.value_json)
@@ -73,6 +88,18 @@ def read_run(path: Path) -> OfflineRun:
                 key = item.key or "/".join(item.nested_key)
                 row[key] = json.loads(item.value_json)
             run.history.append(row)
+        elif kind == "summary":
+            for item in record.summary.update:
+                run.summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+        elif kind == "artifact":
+            a = record.artifact
+            files = {c.path: {"size": c.size, "ref": c.ref} for c in a.manifest.contents}
+            meta = json.loads(a.metadata) if a.metadata else {}
+            run.artifacts.append(OfflineArtifact(a.name, a.type, list(a.aliases), meta, files))
+        elif kind == "output_raw":
+            run.console += record.output_raw.line
+        elif kind == "stats":
+            run.stats_records += 1
         elif kind == "exit":
             run.exit_code = record.exit.exit_code
     return run

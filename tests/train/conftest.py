@@ -24,18 +24,16 @@ def tiny_train_config(run_dir: Path, cache_dir: Path, deepspeed: str = "stage0",
         return OmegaConf.load(CONF / group / f"{name}.yaml")
 
     data = {
-        "cache_dir": str(cache_dir),
-        "synthetic": SYNTHETIC,
         "train": {
             "_target_": "libra.data.synthetic_readers.synthetic_instructions",
-            "cache_dir": "${data.cache_dir}",
-            "generator": "${data.synthetic}",
+            "cache_dir": "${cache_dir}",
+            "generator": "${synthetic}",
             "split": "train",
         },
         "val": {
             "_target_": "libra.data.synthetic_readers.synthetic_instructions",
-            "cache_dir": "${data.cache_dir}",
-            "generator": "${data.synthetic}",
+            "cache_dir": "${cache_dir}",
+            "generator": "${synthetic}",
             "split": "val",
         },
     }
@@ -62,6 +60,8 @@ def tiny_train_config(run_dir: Path, cache_dir: Path, deepspeed: str = "stage0",
             "task": "train",
             "seed": 0,
             "run_dir": str(run_dir),
+            "cache_dir": str(cache_dir),
+            "synthetic": SYNTHETIC,
             "resume": None,
             "checkpoint": None,
             "model": model,

@@ -1,4 +1,4 @@
-"""The generated DeepSpeed JSON: explicit values, clipping in every stage (B6), sizes that add up."""
+"""Generated DeepSpeed JSON: explicit values, clipping in all stages (docs/design.md B6), consistent sizes."""
 
 import json
 

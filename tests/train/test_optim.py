@@ -1,4 +1,4 @@
-"""AdamW groups (no decay on norms/biases/embeddings, B22), a working llm_lr_scale, and the schedules."""
+"""AdamW groups (no decay on norms/biases/embeddings) and llm_lr_scale (docs/design.md B22); schedules."""
 
 import json
 import math

@@ -83,9 +83,9 @@ def test_export_round_trip_and_stage1_feeds_stage2(tmp_path, tiny_cache):
     cfg2.model = {
         "_target_": "libra.train.models.libra_from_pretrained",
         "_partial_": True,
-        "folder": str(stage1),
+        "init_from": str(stage1),
     }
-    cfg2.tokenizer = {"_target_": "libra.train.models.processor_from_pretrained", "folder": str(stage1)}
+    cfg2.tokenizer = {"_target_": "libra.train.models.processor_from_pretrained", "init_from": str(stage1)}
     train(cfg2)
     first = losses(stage2)[1]
     assert first < losses(stage1)[1]  # it continued from the trained weights, not from scratch
@@ -136,7 +136,7 @@ def test_benchmark_during_and_after_training_with_baselines(tmp_path, tiny_cache
     from libra.data.synthetic import synthetic_dataset
     from libra.train.baselines import majority_prediction, most_frequent
 
-    layout = synthetic_dataset(tiny_cache, **cfg.data.synthetic)
+    layout = synthetic_dataset(tiny_cache, **cfg.synthetic)
     train_answers = json.loads(layout.vqa_annotations_file("train").read_text())["annotations"]
     counts = Counter(most_frequent(a["answer"] for a in ann["answers"]) for ann in train_answers)
     top = max(counts.values())

@@ -35,7 +35,7 @@ def run_two_ranks(run_dir: Path, cache: Path, stage: str, port: int) -> None:
     run_dir.mkdir(parents=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    command += ["-m", "libra.launch", str(run_dir)]
+    command += ["-m", "libra.launch", str(run_dir / "config.yaml")]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]

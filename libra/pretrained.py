@@ -1,0 +1,243 @@
+"""Find and load a Libra model from any kind of checkpoint: the one loader of the toolkit.
+
+Training (`model.init_from`), `task=benchmark`, `task=chat`, `task=generate`, the server and the Python
+API all name a checkpoint the same way, and every one of them goes through `resolve_pretrained`:
+
+===================  ==============================================  =====================================
+kind                 recognised by                                   weights / config + processor from
+===================  ==============================================  =====================================
+``pretrained``       ``config.json`` + safetensors (an export, or    the folder itself
+                     the official release with ``vqgan.ckpt``)
+``run_dir``          ``export/``, ``export_step_*/`` or              ``export/`` when the run finished; else
+                     ``checkpoints/step_*`` inside                   the newest of its exports and complete
+                                                                     checkpoints
+``deepspeed_step``   DeepSpeed model states inside                   the DeepSpeed files (ZeRO-3 shards are
+                     (a ``checkpoints/step_*`` folder)               gathered); config + processor from the
+                                                                     run's ``model_files/``
+===================  ==============================================  =====================================
+
+``model_files/`` (``config.json`` + the processor files) is written into the run dir once, when
+training starts, so that every checkpoint of a run can be loaded on its own, before any export exists.
+
+The choice is returned with its reason and printed by `load_pretrained`, so a user always sees which
+weights a command used. One dtype rule (`inference_dtype`): bf16 on a GPU, fp32 on the CPU, unless
+the caller names a precision.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and the model stay unimported until something is loaded
+    import torch
+
+    from libra.model import LibraForCausalLM
+    from libra.tokenizer.processor import LibraProcessor
+
+MODEL_FILES = "model_files"  # <run dir>/model_files: config.json + processor files of the run
+DEEPSPEED_STATES = "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 writes zero_pp_rank_* shards
+_STEP = re.compile(r"^(?:step|export_step)_(\d+)$")
+PRECISIONS = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """What a checkpoint path turned out to be."""
+
+    kind: str  # "pretrained" | "deepspeed_step" (a run dir resolves to one of these)
+    weights: Path  # the pretrained folder, or the DeepSpeed step folder
+    files: Path  # the folder holding config.json and the processor files
+    reason: str  # one line for the user: what was found and why it was picked
+
+    def describe(self) -> str:
+        return f"checkpoint: {self.reason}"
+
+
+def resolve_pretrained(path: str | Path) -> ResolvedCheckpoint:
+    """Decide what `path` is; raises FileNotFoundError naming what was looked for."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if _is_pretrained_folder(path):
+        layout = "the official release layout" if (path / "vqgan.ckpt").is_file() else "an export folder"
+        return ResolvedCheckpoint("pretrained", path, path, f"{path} is {layout}")
+    if _is_deepspeed_step(path):
+        from libra.durable_files import IncompleteFolder, read_manifest
+
+        try:
+            read_manifest(path)  # written last by the save: without it the folder may be half written
+        except IncompleteFolder as error:
+            raise FileNotFoundError(f"checkpoint {path} is incomplete: {error}") from None
+        return ResolvedCheckpoint(
+            "deepspeed_step",
+            path,
+            _model_files_for(path),
+            f"{path} is a DeepSpeed checkpoint of step {_step_of(path)}",
+        )
+    if path.name == "checkpoints" and path.is_dir():
+        return _from_run_dir(path.parent, asked=path)
+    return _from_run_dir(path, asked=path)
+
+
+def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
+    final = run_dir / "export"
+    if _is_pretrained_folder(final):
+        return ResolvedCheckpoint(
+            "pretrained", final, final, f"{asked} is a run dir; using its final export {final}"
+        )
+    candidates = []  # (step, preference, folder, kind); at equal steps an export beats a checkpoint
+    for folder in run_dir.glob("export_step_*"):
+        if _is_pretrained_folder(folder) and (step := _step_of(folder)) is not None:
+            candidates.append((step, 1, folder, "pretrained"))
+    for folder in _complete_checkpoints(run_dir):
+        if _is_deepspeed_step(folder) and (step := _step_of(folder)) is not None:
+            candidates.append((step, 0, folder, "deepspeed_step"))
+    if not candidates:
+        raise FileNotFoundError(
+            f"checkpoint {asked}: not a model folder (config.json + *.safetensors), not a DeepSpeed step "
+            f"folder ({DEEPSPEED_STATES}) and not a run dir with export/, export_step_*/ or complete "
+            "checkpoints/step_*/; pass one of those"
+        )
+    step, _, folder, kind = max(candidates)
+    files = folder if kind == "pretrained" else _model_files_for(folder)
+    what = "mid-run export" if kind == "pretrained" else "complete checkpoint"
+    reason = f"{asked} is a run dir without a final export; using its newest {what} {folder} (step {step})"
+    return ResolvedCheckpoint(kind, folder, files, reason)
+
+
+def _is_pretrained_folder(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def _is_deepspeed_step(folder: Path) -> bool:
+    """DeepSpeed's model states: ``mp_rank_00_model_states.pt`` (ZeRO 0-2) or per-rank
+    ``zero_pp_rank_*_mp_rank_00_model_states.pt`` shards (ZeRO-3)."""
+    return (folder / DEEPSPEED_STATES).is_file() or any(folder.glob("zero_pp_rank_*_model_states.pt"))
+
+
+def _step_of(folder: Path) -> int | None:
+    match = _STEP.match(folder.name)
+    return int(match.group(1)) if match else None
+
+
+def _complete_checkpoints(run_dir: Path) -> list[Path]:
+    from libra.train.checkpoint import list_checkpoints
+
+    return list_checkpoints(run_dir)
+
+
+def _model_files_for(step_dir: Path) -> Path:
+    """config.json + processor files for a DeepSpeed step folder: the step itself, the run's
+    ``model_files/`` (written when training starts) or, for runs of older versions, its export."""
+    run_dir = step_dir.parent.parent  # <run dir>/checkpoints/step_N
+    for candidate in (step_dir, run_dir / MODEL_FILES, run_dir / "export"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{step_dir}: DeepSpeed weights without a model config; expected {run_dir / MODEL_FILES}/config.json "
+        "(written when training starts) or an export next to it"
+    )
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def inference_dtype(device: torch.device, precision: str | None = None) -> torch.dtype:
+    """The one dtype rule: `precision` (fp32 | bf16) when given, else bf16 on a GPU and fp32 on the CPU
+    (CPUs have no fast bf16 matmuls)."""
+    import torch
+
+    if precision is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return getattr(torch, PRECISIONS[precision])
+
+
+def default_device() -> torch.device:
+    """The current GPU when there is one, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def load_pretrained_model(
+    path: str | Path | ResolvedCheckpoint, dtype: torch.dtype | None = None
+) -> LibraForCausalLM:
+    """The model of any checkpoint kind, on the CPU, in `dtype` (default: the checkpoint's own)."""
+    from libra.model import LibraForCausalLM
+
+    resolved = path if isinstance(path, ResolvedCheckpoint) else resolve_pretrained(path)
+    if resolved.kind == "pretrained":
+        return LibraForCausalLM.from_pretrained(resolved.weights, dtype=dtype)
+    from libra.model import LibraConfig
+
+    config = LibraConfig.from_pretrained(resolved.files)
+    model = LibraForCausalLM(config)
+    state = deepspeed_module_state(resolved.weights)
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype) if dtype is not None else model
+
+
+def load_pretrained_processor(path: str | Path | ResolvedCheckpoint, **settings) -> LibraProcessor:
+    """The processor of any checkpoint kind; `settings` override the saved text settings."""
+    from libra.tokenizer.processor import LibraProcessor
+
+    resolved = path if isinstance(path, ResolvedCheckpoint) else resolve_pretrained(path)
+    return LibraProcessor.from_pretrained(resolved.files, **settings)
+
+
+def load_pretrained(
+    path: str | Path, device: torch.device | str | None = None, precision: str | None = None
+) -> tuple[LibraForCausalLM, LibraProcessor]:
+    """(model in eval mode, processor) on `device`, for inference; prints which checkpoint it used.
+
+    The vision tokenizer stays fp32 whatever the model's dtype, so image codes do not depend on it.
+    """
+    import torch
+
+    resolved = resolve_pretrained(path)
+    print(f"[libra] {resolved.describe()}", flush=True)
+    device = torch.device(device) if device is not None else default_device()
+    model = load_pretrained_model(resolved, dtype=inference_dtype(device, precision))
+    processor = load_pretrained_processor(resolved)
+    return model.to(device).eval(), processor.to(device)
+
+
+def deepspeed_module_state(step_dir: Path) -> dict[str, torch.Tensor]:
+    """Model weights of a DeepSpeed step folder: `module` of the model-states file (ZeRO 0-2), or the
+    ZeRO-3 parameter shards gathered into one state dict. Nothing is unpickled with code execution."""
+    from libra.safe_load import safe_torch_load, safe_unpickling
+    from libra.train.checkpoint import deepspeed_safe_globals
+
+    allow = deepspeed_safe_globals()
+    states = step_dir / DEEPSPEED_STATES
+    if states.is_file():
+        module = safe_torch_load(states, allow=allow).get("module")
+        if module and all(t.numel() > 0 for t in module.values()):
+            return module
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with safe_unpickling(allow):  # zero_to_fp32 calls torch.load itself
+        return get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name)
+
+
+def save_model_files(config, processor: LibraProcessor, run_dir: str | Path) -> Path:
+    """Write ``<run dir>/model_files`` (config.json + processor files) once; rank 0 calls it when
+    training starts. A resumed run finds it in place and leaves it."""
+    import shutil
+
+    folder = Path(run_dir) / MODEL_FILES
+    if (folder / "config.json").is_file():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    processor.save_pretrained(tmp)
+    config.save_pretrained(tmp)  # config.json last: its presence marks the folder complete
+    tmp.rename(folder)
+    return folder

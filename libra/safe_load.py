@@ -1,0 +1,68 @@
+"""Read torch pickles from folders we do not control without running code from them.
+
+A ``.pt`` file is a pickle, and ``torch.load(weights_only=False)`` calls whatever the pickle names:
+a crafted checkpoint file runs its payload on load. Every ``.pt`` the toolkit reads from a checkpoint
+folder goes through ``safe_torch_load``: torch's restricted unpickler (``weights_only=True``), which
+builds tensors, containers and plain values and refuses every other global, plus an explicit
+allow-list for the few plain-data classes a format needs (DeepSpeed's optimizer files name three,
+see ``libra.train.checkpoint.deepspeed_safe_globals``).
+
+DeepSpeed reads its own files with ``torch.load(weights_only=False)`` (``engine.load_checkpoint``,
+``zero_to_fp32``). ``safe_unpickling()`` routes every ``torch.load`` of the process through
+``safe_torch_load`` for the length of a ``with`` block, so those calls are restricted too: one read
+of each file, no fork of DeepSpeed, and whatever file DeepSpeed decides to open is covered.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.serialization
+
+_TORCH_LOAD = torch.load  # the real loader, kept before safe_unpickling() swaps the attribute
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A file that names a callable outside the allow-list: it was not loaded."""
+
+
+def safe_torch_load(
+    path: str | Path, map_location: Any = "cpu", allow: Sequence[Any] = (), mmap: bool | None = None
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with the classes in `allow` also permitted.
+
+    Raises ``UnsafePickleError`` naming the file and the refused global; nothing from the file runs.
+    """
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return _TORCH_LOAD(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"(?:Unsupported global|Unsupported operand|GLOBAL)[^\n]*", str(err))
+        detail = found.group(0) if found else str(err).splitlines()[0]
+        raise UnsafePickleError(
+            f"refused to load {path}: it asks the unpickler for something other than tensors and plain "
+            f"data ({detail}). libra never runs code from checkpoint files; if you wrote this file "
+            "yourself with another library version, convert it to safetensors in a process you trust."
+        ) from err
+
+
+@contextmanager
+def safe_unpickling(allow: Sequence[Any] = ()) -> Iterator[None]:
+    """Within the block every ``torch.load`` (DeepSpeed's included) is ``safe_torch_load``."""
+
+    def restricted_load(f, map_location=None, pickle_module=None, *, weights_only=None, mmap=None, **_):
+        # pickle_module / weights_only=False of the caller are ignored on purpose
+        return safe_torch_load(f, map_location=map_location, allow=allow, mmap=mmap)
+
+    previous = torch.load, torch.serialization.load
+    torch.load = torch.serialization.load = restricted_load
+    try:
+        yield
+    finally:
+        torch.load, torch.serialization.load = previous

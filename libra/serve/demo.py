@@ -1,0 +1,109 @@
+"""`task=demo`: a Gradio web app for a Libra checkpoint: chat about uploaded images with answers that
+stream in, and a text-to-image tab.
+
+    python run.py task=demo checkpoint=<any checkpoint> serve.port=7860
+
+It takes the ``serve.host`` / ``serve.port`` keys of ``task=serve`` and decodes through the same
+batching engine, so the people using one demo at the same time share decode batches. Prompts are
+built by ``LibraProcessor.apply_chat_template``, as in the Python API and the server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from .batching import BatchingEngine, Delta, Failed, RequestError, Sampling
+
+IMAGE_TEMPERATURE = 1.0  # the text-to-image tab's default: greedy decoding would draw one image per prompt
+
+
+def demo(cfg: DictConfig) -> None:
+    """Load ``cfg.checkpoint`` and serve the app on ``cfg.serve.host:cfg.serve.port`` until interrupted."""
+    from libra.tasks.loading import inference_device, load_pretrained
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
+    device = inference_device()
+    model, processor = load_pretrained(cfg.checkpoint, device)
+    engine = BatchingEngine(model, processor, cfg.serve.max_batch_size, cfg.serve.batch_window_ms / 1000)
+    app = build_demo(engine, cfg.max_new_tokens, cfg.temperature)
+    print(f"[demo] web app on http://{cfg.serve.host}:{cfg.serve.port}", flush=True)
+    engine.start()
+    try:
+        app.launch(server_name=cfg.serve.host, server_port=cfg.serve.port, share=False, quiet=True)
+    finally:
+        engine.stop()
+
+
+def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
+    """The Gradio Blocks app; ``engine`` must be started before it gets requests."""
+    import gradio as gr
+
+    async def respond(question: str, image, history: list, turns: list, images: list):
+        """Stream the answer to ``question`` (about ``image``, if any) after the earlier ``turns``."""
+        if not question.strip() and image is None:
+            raise gr.Error("Type a question (and upload an image, if it is about one).")
+        parts = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+        turn_images = images + ([image] if image is not None else [])
+        messages = turns + [{"role": "user", "content": parts}]
+        try:
+            request = engine.chat_request(messages, turn_images, Sampling(temperature), None, max_new_tokens)
+        except RequestError as err:
+            raise gr.Error(str(err)) from err
+        shown = ("[image] " if image is not None else "") + question
+        history = history + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
+        yield history, "", None, turns, images
+        events = engine.submit(request)
+        answer = ""
+        while True:
+            event = await events.get()
+            if isinstance(event, Failed):
+                raise gr.Error(event.message)
+            if not isinstance(event, Delta):
+                break
+            answer += event.text
+            history[-1] = {"role": "assistant", "content": answer}
+            yield history, "", None, turns, images
+        turns = messages + [{"role": "assistant", "content": answer}]
+        yield history, "", None, turns, turn_images
+
+    async def draw(prompt: str, temperature: float, seed: float):
+        if not prompt.strip():
+            raise gr.Error("Describe the image to draw.")
+        sampling = Sampling(temperature, 1.0, int(seed or 0))
+        try:
+            (request,) = engine.image_requests(prompt, 1, sampling)
+        except RequestError as err:
+            raise gr.Error(str(err)) from err
+        event = await engine.submit(request).get()
+        if isinstance(event, Failed):
+            raise gr.Error(event.message)
+        return event.images[0]
+
+    with gr.Blocks(title="Libra") as app:
+        gr.Markdown("# Libra\nAsk about an image, or draw one from a description.")
+        with gr.Tab("Chat"):
+            turns, images = gr.State([]), gr.State([])
+            with gr.Row():
+                image = gr.Image(type="pil", label="Image (optional)", elem_id="chat-image", scale=1)
+                chatbot = gr.Chatbot(label="Libra", elem_id="chat", render_markdown=False, scale=2)
+            question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", elem_id="send")
+                clear = gr.Button("New conversation", elem_id="clear")
+            outputs = [chatbot, question, image, turns, images]
+            for trigger in (send.click, question.submit):
+                trigger(respond, [question, image, chatbot, turns, images], outputs)
+            clear.click(lambda: ([], "", None, [], []), None, outputs)
+        with gr.Tab("Text to image"):
+            prompt = gr.Textbox(label="Description", placeholder="a red bus", elem_id="t2i-prompt")
+            with gr.Row():
+                draw_temperature = gr.Slider(
+                    0.0, 2.0, value=IMAGE_TEMPERATURE, step=0.05, label="Temperature"
+                )
+                seed = gr.Number(value=0, precision=0, label="Seed")
+            button = gr.Button("Draw", variant="primary", elem_id="draw")
+            drawn = gr.Image(type="pil", label="Image", elem_id="t2i-image", interactive=False)
+            button.click(draw, [prompt, draw_temperature, seed], drawn)
+    return app

@@ -1,0 +1,121 @@
+"""`python run.py task=demo ...` in a real headless Chromium (Debian's package, driven by playwright):
+open the page, upload a photo, ask, see the model's answer appear, draw an image; screenshots are
+saved in the test's tmp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTION = "What is in the picture?"
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        reason = "the browser test needs Debian's chromium: apt-get install -y chromium"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _expected_answer(folder: Path, photo: Path, max_new_tokens: int) -> str:
+    from libra import LibraForCausalLM, LibraProcessor
+
+    model, processor = LibraForCausalLM.from_pretrained(folder), LibraProcessor.from_pretrained(folder)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor(text=processor.apply_chat_template(messages, True), images=Image.open(photo))
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return processor.batch_decode(out[:, :, inputs["input_ids"].shape[-1] :], skip_special_tokens=True)[0]
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())  # the page shows tabs and newlines as spaces
+
+
+@pytest.mark.slow
+def test_demo_page_answers_an_uploaded_image_and_draws(tiny_export, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    chromium = _chromium()
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    expected = _words(_expected_answer(tiny_export, photo, max_new_tokens=6))
+    assert expected
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
+    command = [sys.executable, str(ROOT / "run.py"), "task=demo", f"checkpoint={tiny_export}"]
+    command += [f"serve.port={port}", "max_new_tokens=6", "logger=none"]
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, "task=demo did not come up: " + log.read_text()[-4000:]
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            # (not "networkidle": the page asks for web fonts, which a machine off the network never gets)
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector("#send", timeout=60_000)
+            page.locator("#chat-image input[type=file]").set_input_files(str(photo))
+            page.wait_for_selector("#chat-image img", timeout=30_000)
+            page.locator("#question textarea").fill(QUESTION)
+            page.locator("#send").click()
+            answer = page.locator("#chat [data-testid=bot]").last
+            answer.wait_for(timeout=60_000)
+            deadline = time.monotonic() + 60
+            while _words(answer.inner_text()) != expected and time.monotonic() < deadline:
+                time.sleep(0.2)
+            shown = _words(answer.inner_text())
+            page.screenshot(path=str(tmp_path / "demo_chat.png"), full_page=True)
+            assert shown == expected, f"page shows {shown!r}, the Python API answers {expected!r}"
+            assert _words(page.locator("#chat [data-testid=user]").last.inner_text()) == f"[image] {QUESTION}"
+
+            page.get_by_role("tab", name="Text to image").click()
+            page.locator("#t2i-prompt textarea").fill("a red circle")
+            page.locator("#draw").click()
+            page.wait_for_selector("#t2i-image img", timeout=60_000)
+            page.screenshot(path=str(tmp_path / "demo_draw.png"), full_page=True)
+            browser.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert (tmp_path / "demo_chat.png").stat().st_size > 10_000
+    text = log.read_text()
+    assert f"[demo] web app on {url.rstrip('/')}" in text and "[serve] batch of 1 request(s)" in text

@@ -1,0 +1,366 @@
+"""The OpenAI-compatible server with the official `openai` client on loopback (tiny export, in-process
+uvicorn): answers equal the Python API's, streaming, stop strings, seeds, image generation, each bad
+input (status + OpenAI error body, and the server goes on), API keys, batching under load."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import torch
+from PIL import Image
+
+from .conftest import data_url, start_server
+
+QUESTION = "What is in the picture?"
+
+
+def _api_answer(engine, messages, images, max_new_tokens=8) -> str:
+    """What the Python API answers (greedy), the reference for the server's answers."""
+    processor, model = engine.processor, engine.model
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=prompt, images=images or None)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return processor.batch_decode(out[:, :, inputs["input_ids"].shape[-1] :], skip_special_tokens=True)[0]
+
+
+def _image_message(image, text=QUESTION):
+    return {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": data_url(image)}},
+            {"type": "text", "text": text},
+        ],
+    }
+
+
+def test_models_lists_the_served_model(client):
+    (model,) = client.models.list().data
+    assert model.id == "libra" and model.object == "model"
+
+
+def test_text_chat_answers_like_the_python_api(client, server):
+    reply = client.chat.completions.create(
+        model="libra", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8
+    )
+    expected = _api_answer(server.engine, [{"role": "user", "content": "Say hello."}], [])
+    (choice,) = reply.choices
+    assert choice.message.role == "assistant" and choice.message.content == expected.lstrip()
+    assert choice.finish_reason in ("stop", "length") and reply.object == "chat.completion"
+    prompt = server.engine.processor.apply_chat_template([{"role": "user", "content": "Say hello."}], True)
+    assert reply.usage.prompt_tokens == server.engine.processor(text=prompt)["input_ids"].shape[-1]
+    assert 1 <= reply.usage.completion_tokens <= 8
+
+
+def test_image_chat_from_a_data_url_answers_like_the_python_api(client, server, astronaut):
+    reply = client.chat.completions.create(model="libra", messages=[_image_message(astronaut)], max_tokens=8)
+    expected = _api_answer(
+        server.engine,
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+        [astronaut],
+    )
+    assert reply.choices[0].message.content == expected.lstrip() and expected.strip()
+    assert reply.usage.prompt_tokens > server.engine.processor.vocab.tokens_per_image  # the image is in
+
+
+def test_streaming_sends_the_same_answer_in_openai_chunks(client, server, astronaut):
+    messages = [_image_message(astronaut)]
+    whole = client.chat.completions.create(model="libra", messages=messages, max_tokens=8)
+    chunks = list(client.chat.completions.create(model="libra", messages=messages, max_tokens=8, stream=True))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert len(chunks) >= 3  # role, at least one piece of text, the finish
+
+    body = {
+        "model": "libra",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 3,
+        "stream": True,
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
+    usage = client.chat.completions.create(
+        model="libra",
+        messages=body["messages"],
+        max_tokens=3,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert [c.usage for c in usage][-1].completion_tokens == 3
+
+
+def test_stop_strings_cut_the_answer_in_both_modes(client):
+    messages = [{"role": "user", "content": "Count to ten."}]
+    full = (
+        client.chat.completions.create(model="libra", messages=messages, max_tokens=12)
+        .choices[0]
+        .message.content
+    )
+    assert len(full) >= 6, full
+    stop = full[3:5]
+    cut = full[: full.find(stop)]
+    reply = client.chat.completions.create(
+        model="libra", messages=messages, max_tokens=12, stop=[stop, "\x00never"]
+    )
+    assert reply.choices[0].message.content == cut and reply.choices[0].finish_reason == "stop"
+    streamed = client.chat.completions.create(
+        model="libra", messages=messages, max_tokens=12, stop=stop, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed) == cut
+
+
+def test_a_seed_makes_sampling_reproducible(client):
+    messages = [{"role": "user", "content": "Tell a story."}]
+
+    def sample(seed):
+        reply = client.chat.completions.create(
+            model="libra", messages=messages, max_tokens=8, temperature=1.0, top_p=0.9, seed=seed
+        )
+        return reply.choices[0].message.content
+
+    assert sample(3) == sample(3)
+    assert len({sample(seed) for seed in range(4)}) > 1
+
+
+def test_image_generation_returns_png_images(client, server):
+    result = client.images.generate(model="libra", prompt="a red circle", n=2, response_format="b64_json")
+    images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
+    assert [(im.format, im.size) for im in images] == [("PNG", (56, 56))] * 2
+
+    greedy = client.images.generate(prompt="a red circle", extra_body={"temperature": 0})
+    processor, model = server.engine.processor, server.engine.model
+    inputs = processor(text=processor.text_to_image_prompt("a red circle"))
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=processor.vocab.tokens_per_image - 1)
+    (expected,) = processor.batch_decode_images(out, prompt_length=inputs["input_ids"].shape[-1])[0]
+    drawn = Image.open(io.BytesIO(base64.b64decode(greedy.data[0].b64_json)))
+    assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected))
+
+
+def _long_text() -> str:
+    return " ".join(f"word{i}" for i in range(600))  # well past the tiny model's 512 positions
+
+
+NOT_AN_IMAGE = "data:image/png;base64," + base64.b64encode(b"this is not a picture").decode()
+BAD_INPUTS = {
+    "data URL that is not an image": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": NOT_AN_IMAGE}}]}
+            ]
+        },
+        400,
+        "invalid_image",
+        "messages[0].content[0].image_url",
+    ),
+    "data URL that is not base64": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x,%%"}}]}
+            ]
+        },
+        400,
+        None,
+        "messages[0].content[0].image_url",
+    ),
+    "remote URL": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/a.png"}}]}
+            ]
+        },
+        400,
+        None,
+        "messages[0].content[0].image_url",
+    ),
+    "local path while paths are off": (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "/etc/hostname"}}]}
+            ]
+        },
+        400,
+        None,
+        "messages[0].content[0].image_url",
+    ),
+    "too many images": ("three images", 400, "too_many_images", "messages"),
+    "prompt over the context": (
+        {"messages": [{"role": "user", "content": _long_text()}]},
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
+    "completion over the context": (
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5000},
+        400,
+        "context_length_exceeded",
+        "max_tokens",
+    ),
+    "unknown model": (
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        404,
+        "model_not_found",
+        "model",
+    ),
+    "missing messages": ({"messages": None}, 400, "missing", "messages"),
+    "empty messages": ({"messages": []}, 400, "too_short", "messages"),
+    "a system message": (
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]},
+        400,
+        None,
+        "messages",
+    ),
+    "n > 1": ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "less_than_equal", "n"),
+    "temperature out of range": (
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": 5},
+        400,
+        "less_than_equal",
+        "temperature",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_chat_input_gets_a_4xx_with_an_openai_error_body(server, astronaut, case):
+    body, status, code, param = BAD_INPUTS[case]
+    if body == "three images":
+        part = {"type": "image_url", "image_url": {"url": data_url(astronaut.resize((32, 32)))}}
+        body = {"messages": [{"role": "user", "content": [part, part, part]}]}
+    body = {"model": "libra", **body}
+    if body["messages"] is None:
+        del body["messages"]
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["code"] == code
+    ok = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        timeout=60,
+    )
+    assert ok.status_code == 200  # the server goes on serving
+
+
+def test_malformed_json_and_bad_image_requests_get_openai_errors(server, client):
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=b'{"model": "libra", "messages": [',
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="a red circle", size="1024x1024")
+    assert info.value.body["param"] == "size" and "56x56" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="a red circle", response_format="url")
+    assert info.value.body["param"] == "response_format"
+    with pytest.raises(openai.NotFoundError) as info:
+        client.images.generate(prompt="a red circle", model="dall-e-3")
+    assert info.value.body["code"] == "model_not_found"
+    missing = httpx.get(f"{server.base_url}/v1/nothing-here", timeout=10)
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_a_failing_batch_answers_500_and_the_server_goes_on(server, client, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(server.engine.model, "generate", broken)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(
+            model="libra", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert "injected fault" in info.value.body["message"] and info.value.body["type"] == "server_error"
+    monkeypatch.undo()
+    reply = client.chat.completions.create(
+        model="libra", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content is not None
+    assert server.engine.stats.snapshot()["failed_batches"] >= 1
+
+
+def test_api_key_and_local_paths_when_switched_on(tiny_export, tmp_path, astronaut):
+    from openai import OpenAI
+
+    running = start_server(tiny_export, api_key="s3cret", allow_local_paths=True)
+    try:
+        url = f"{running.base_url}/v1"
+        with pytest.raises(openai.AuthenticationError) as info:
+            OpenAI(base_url=url, api_key="wrong", max_retries=0).models.list()
+        assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
+        assert httpx.get(f"{url}/models", timeout=10).status_code == 401  # no header at all
+        client = OpenAI(base_url=url, api_key="s3cret", max_retries=0, timeout=60)
+        path = tmp_path / "astronaut.png"
+        astronaut.save(path)
+        local = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(path)}}]}
+        inline = {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": data_url(astronaut)}}],
+        }
+        answers = [
+            client.chat.completions.create(model="libra", messages=[m], max_tokens=6)
+            .choices[0]
+            .message.content
+            for m in (local, inline)
+        ]
+        assert answers[0] == answers[1]
+        missing = {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": str(tmp_path / "no.png")}}],
+        }
+        with pytest.raises(openai.BadRequestError, match="is not a file"):
+            client.chat.completions.create(model="libra", messages=[missing])
+    finally:
+        running.stop()
+
+
+def test_32_concurrent_requests_are_batched_and_all_answered(client, server, astronaut):
+    """A bounded load test: zero errors, every answer the one the request gets alone, batches > 1."""
+    small = astronaut.resize((64, 64))
+    prompts = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "Name three colours."}],
+        [_image_message(small)],
+        [_image_message(small, "What colour is it?")],
+    ]
+    alone = [
+        client.chat.completions.create(model="libra", messages=m, max_tokens=4).choices[0].message.content
+        for m in prompts
+    ]
+    before = server.engine.stats.snapshot()
+
+    def ask(i):
+        stream = i % 3 == 0
+        reply = client.chat.completions.create(
+            model="libra", messages=prompts[i % 4], max_tokens=4, stream=stream
+        )
+        if stream:
+            return "".join(c.choices[0].delta.content or "" for c in reply)
+        return reply.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(ask, range(32), timeout=120))
+    assert answers == [alone[i % 4] for i in range(32)]
+    after = server.engine.stats.snapshot()
+    # (stats are recorded when a batch ends, a moment after its answers went out: hence >=)
+    assert (
+        after["requests"] - before["requests"] >= 32 and after["failed_batches"] == before["failed_batches"]
+    )
+    stats = httpx.get(f"{server.base_url}/v1/stats", timeout=10).json()
+    new_batches = {
+        int(size): n - before["batch_sizes"].get(size, 0) for size, n in stats["batch_sizes"].items()
+    }
+    assert max(size for size, n in new_batches.items() if n > 0) > 1, json.dumps(stats)

@@ -1,0 +1,33 @@
+"""The official vqgan.ckpt is read with the restricted unpickler: a crafted one runs nothing."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from libra.tokenizer.vision_tokenizer import VisionTokenizer
+
+MODEL_DIR = Path(__file__).resolve().parents[1] / "data" / "vision_tokenizer_tiny" / "model"
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_official_layout_loads_with_weights_only_and_a_crafted_ckpt_is_refused(tmp_path):
+    assert VisionTokenizer.from_pretrained(MODEL_DIR).fingerprint()  # tensors only: loads as it is
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    state = torch.load(MODEL_DIR / "vqgan.ckpt", weights_only=True)["state_dict"]
+    marker = tmp_path / "PAYLOAD_RAN"
+    torch.save({"state_dict": state, "callbacks": Payload(marker)}, folder / "vqgan.ckpt")
+    with pytest.raises(RuntimeError, match="cannot be read safely") as error:
+        VisionTokenizer.from_pretrained(folder)
+    assert "refused to load" in str(error.value.__cause__)
+    assert not marker.exists()
