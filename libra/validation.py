@@ -87,6 +87,7 @@ SCHEMA: dict[str, Field] = {
     "trainer.micro_batch_size": Field((int,), positive=True),
     "trainer.precision": Field((str,), choices=PRECISIONS),
     "trainer.grad_clip": Field((int, float), positive=True),
+    "trainer.compile": Field((bool,), default=False),
     # trainer / optimizer keys that the recipe reads (defaults: the values the classes fall back to)
     "trainer.max_steps": Field((int,), positive=True, default=1000),
     "trainer.log_every": Field((int,), positive=True, default=10),

@@ -49,7 +49,7 @@ DIMS = {
 def build_config(dims: str):
     from libra.model import LibraConfig
 
-    extra = {"contiguous_signal_size": 64} if dims == "tiny" else {}
+    extra = {"contiguous_signal_size": 64, "vocab_size": 1024} if dims == "tiny" else {}
     return LibraConfig(**DIMS[dims], **extra, max_position_embeddings=4096)
 
 

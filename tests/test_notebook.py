@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from launch_env import LAUNCHER_VARIABLES
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
@@ -53,8 +54,8 @@ def test_quickstart_runs_in_a_fresh_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("LIBRA_CACHE_DIR", str(tmp_path / "cache"))
-    for name in ("LIBRA_NOTEBOOK_WORKDIR", "LIBRA_NOTEBOOK_RUN"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("LIBRA_NOTEBOOK_WORKDIR", "LIBRA_NOTEBOOK_RUN", *LAUNCHER_VARIABLES):
+        monkeypatch.delenv(name, raising=False)  # the kernel and its run.py inherit this environment
     cwd = tmp_path / "work"
     cwd.mkdir()
 

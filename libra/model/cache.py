@@ -25,6 +25,17 @@ import torch
 KeyValues = tuple[torch.Tensor, torch.Tensor]  # (keys, values), each (B, H, T, D)
 
 
+def _holds(storage: torch.Tensor | None, new: torch.Tensor, time_dim: int) -> bool:
+    """Whether a static storage can take `new` (same shape but along time, dtype and device)."""
+    if storage is None:
+        return False
+    same = (
+        storage.shape[:time_dim] + storage.shape[time_dim + 1 :]
+        == new.shape[:time_dim] + new.shape[time_dim + 1 :]
+    )
+    return same and storage.dtype == new.dtype and storage.device == new.device
+
+
 def _static(t: torch.Tensor) -> torch.Tensor:
     """Storage of a static cache keeps its address for its lifetime: tell torch.compile (CUDA graphs
     then write it in place instead of copying it in and out at every step)."""
@@ -62,13 +73,10 @@ class LibraCache:
         """The (2, B, H, capacity, D) storage of one layer, allocated or grown to hold `end` positions."""
         buf = store[layer]
         if self.is_static:
-            if end > self.max_length:
-                raise ValueError(
-                    f"LibraCache: {end} positions do not fit the static cache of max_length "
-                    f"{self.max_length}; build it with a larger max_length."
-                )
-            if buf is None:
-                # zeros, not garbage: masked slots still enter the attention products (0 weight x value)
+            self._check_fits(end)
+            if not _holds(buf, new, 3):
+                # zeros, not garbage: masked slots still enter the attention products (0 weight x value);
+                # a reused storage holds an earlier sequence's values, finite as well
                 store[layer] = buf = _static(new.new_zeros(*new.shape[:3], self.max_length, new.shape[4]))
             return buf
         if buf is None or buf.shape[3] < end:
@@ -78,6 +86,13 @@ class LibraCache:
                 grown[:, :, :, : self.length] = buf[:, :, :, : self.length]
             store[layer] = buf = grown
         return buf
+
+    def _check_fits(self, end: int) -> None:
+        if end > self.max_length:
+            raise ValueError(
+                f"LibraCache: {end} positions do not fit the static cache of max_length "
+                f"{self.max_length}; build it with a larger max_length."
+            )
 
     def _write(self, store: list, layer: int, keys: torch.Tensor, values: torch.Tensor, position):
         new = torch.stack([keys, values])  # (2, B, H, N, D)
@@ -120,10 +135,11 @@ class LibraCache:
     def begin_forward(self, attention_mask: torch.Tensor | None, batch: int, device: torch.device) -> None:
         """Static cache, before a forward that writes by slices (a prompt): record which keys so far are
         padding ((B, past + N) 0/1 mask, None = none) and create the device position."""
-        if self.position is None:
+        if self.position is None or self.position.device != device or self.key_valid.shape[0] != batch:
             self.position = _static(torch.tensor([self.length], device=device))
             self.key_valid = _static(torch.ones(batch, self.max_length, dtype=torch.bool, device=device))
         if attention_mask is not None:
+            self._check_fits(attention_mask.shape[1])
             self.key_valid[:, : attention_mask.shape[1]] = attention_mask.bool()
 
     def decode_key_mask(self) -> torch.Tensor:
@@ -135,6 +151,15 @@ class LibraCache:
         self.length += n
         if self.position is not None:
             self.position.fill_(self.length)
+
+    def reset(self, image_queries: bool) -> None:
+        """Empty the cache for a new sequence and keep its storage where it is: generate reuses one
+        static cache, since CUDA graphs replay only while what they write stays at its address."""
+        self.length = 0
+        self.image_queries = image_queries
+        if self.position is not None:
+            self.position.zero_()
+            self.key_valid.fill_(True)
 
     def stop_image_queries(self) -> None:
         """No later query is an image token: free the key/value set only image queries read."""
@@ -148,7 +173,7 @@ class LibraCache:
         (B, max_length, C); a decoding step (before its `advance`) writes its one position at `position`
         and gets the whole storage back."""
         if self.is_static:
-            if self.final_hidden is None:
+            if not _holds(self.final_hidden, h, 1):
                 self.final_hidden = _static(h.new_zeros(h.shape[0], self.max_length, h.shape[2]))
             if position is not None:
                 self.final_hidden.index_copy_(1, position, h)

@@ -37,7 +37,7 @@ class LibraGenerateOutput(ModelOutput):
     sequences: torch.Tensor | None = None  # (K, B, N + T)
     scores: tuple[torch.Tensor, ...] | None = None  # per step (K, B, vocab_size + vision_vocab_size)
     sequences_scores: torch.Tensor | None = None  # (B,) beam search: length-normalised log-probability
-    cache: LibraCache | None = None  # the KV cache at the end (None without use_cache)
+    cache: LibraCache | None = None  # the KV cache at the end (a static one is reused by the next call)
 
 
 def filter_scores(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
@@ -133,9 +133,11 @@ def generate(
     if use_cache:
         # image queries come at step s >= 1 only while min(last_index) + s < M
         image_queries = min(last_index) + 1 < M
-        max_length = _static_length(N + max_new_tokens) if static else None
-        cache = LibraCache(cfg.num_hidden_layers, image_queries=image_queries, max_length=max_length)
-        cache.capacity_hint = N + max_new_tokens
+        if static:
+            cache = _static_cache(self, _static_length(N + max_new_tokens), image_queries)
+        else:
+            cache = LibraCache(cfg.num_hidden_layers, image_queries=image_queries)
+            cache.capacity_hint = N + max_new_tokens
     step_fn = _decoding_step_fn(self, compile) if static else None
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     all_scores = []
@@ -251,6 +253,17 @@ def _static_length(n: int) -> int:
     """Length of a static cache for n positions, rounded up to a multiple of 128: prompts of similar
     length share one compiled step (the masked extra slots cost little)."""
     return -(-n // 128) * 128
+
+
+def _static_cache(model, max_length: int, image_queries: bool) -> LibraCache:
+    """The model's static cache of this length, emptied: one storage serves every generate call (CUDA
+    graphs replay only while what they write keeps its address). It stays allocated on the model."""
+    cache = model.__dict__.get("_static_cache")
+    if cache is None or cache.max_length != max_length:
+        cache = LibraCache(model.config.num_hidden_layers, max_length=max_length)
+        model.__dict__["_static_cache"] = cache
+    cache.reset(image_queries)
+    return cache
 
 
 def _decoding_step_fn(model, compile: bool):

@@ -122,7 +122,9 @@ class Routing:
     """Which flattened positions are text and which are image tokens, computed once per forward.
 
     `perm` lists the flat (b * N + n) positions sorted as [text ; image]; `inverse` maps a flat position
-    to its row in that sorted order. `n_text` is a Python int, so slices cost nothing.
+    to its row in that sorted order. `n_text` is a Python int, so slices cost nothing. With one modality
+    only (a text-only batch, a decoding step of text rows) the sorted order is the sequence order: no
+    gather is needed, and nothing of the other modality runs.
     """
 
     perm: torch.Tensor  # (B*N,) long
@@ -141,22 +143,56 @@ class Routing:
         n_vision = int(flat.sum().item()) if n_vision is None else n_vision
         return cls(perm=perm, inverse=inverse, n_text=flat.numel() - n_vision, vision_mask=vision_mask)
 
+    @property
+    def n_vision(self) -> int:
+        return self.perm.numel() - self.n_text
+
+    @property
+    def one_modality(self) -> bool:
+        """All rows text or all image: a stable sort leaves them in sequence order (perm = identity)."""
+        return self.n_text in (0, self.perm.numel())
+
     def to_sorted(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, ...) in sequence order -> (B*N, ...) sorted [text ; image]."""
-        return x.reshape(-1, *x.shape[2:]).index_select(0, self.perm)
+        x = x.reshape(-1, *x.shape[2:])
+        return x if self.one_modality else x.index_select(0, self.perm)
 
     def to_sequence(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """(B*N, ...) sorted [text ; image] -> (B, N, ...) in sequence order."""
-        return x.index_select(0, self.inverse).view(batch, -1, *x.shape[1:])
+        x = x if self.one_modality else x.index_select(0, self.inverse)
+        return x.view(batch, -1, *x.shape[1:])
+
+    def sorted_rows(self, x: torch.Tensor, text: bool) -> torch.Tensor:
+        """The text (or image) rows of a (B*N, ...) tensor in sequence order, in sorted order."""
+        if self.one_modality:
+            return x if (self.n_text > 0) == text else x[:0]
+        return x.index_select(0, self.perm[: self.n_text] if text else self.perm[self.n_text :])
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x[: self.n_text], x[self.n_text :]
 
 
-def routed(x: torch.Tensor, routing: Routing, text_fn: nn.Module, vision_fn: nn.Module) -> torch.Tensor:
+def routed(x: torch.Tensor, routing: Routing, text_fn, vision_fn) -> torch.Tensor:
     """Apply text_fn to the text rows and vision_fn to the image rows of a sorted (B*N, ...) tensor."""
-    x_text, x_vision = routing.split(x)
+    return join_rows(routing, text_fn, vision_fn, *routing.split(x))
+
+
+def join_rows(routing: Routing, text_fn, vision_fn, x_text, x_vision) -> torch.Tensor:
+    """[text_fn(x_text) ; vision_fn(x_vision)] along rows; a modality without rows is not run at all."""
+    if routing.n_vision == 0:
+        return text_fn(x_text)
+    if routing.n_text == 0:
+        return vision_fn(x_vision)
     return torch.cat([text_fn(x_text), vision_fn(x_vision)], dim=0)
+
+
+def cat_rows(text_rows: torch.Tensor, vision_rows: torch.Tensor) -> torch.Tensor:
+    """torch.cat of the two modalities' rows, without the copy when one of them has none."""
+    if vision_rows.shape[0] == 0:
+        return text_rows
+    if text_rows.shape[0] == 0:
+        return vision_rows
+    return torch.cat([text_rows, vision_rows])
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -223,17 +259,17 @@ class LibraAttention(LowRankGroups):
         if self.use_bridge:
             vision += [self.vision_k_bridge_on_vision, self.vision_v_bridge_on_vision]
         q_vision, k_vision, v_vision, *bridge_vision = self.low_rank_group("vision", h_vision, vision)
-        parts = [torch.cat([q_text, q_vision])]
+        parts = [cat_rows(q_text, q_vision)]
         if self.use_bridge:  # key/value set seen by text queries: image keys carry their bridge term
             kb_vision, vb_vision = bridge_vision
-            parts += [torch.cat([k_text, k_vision + kb_vision]), torch.cat([v_text, v_vision + vb_vision])]
+            parts += [cat_rows(k_text, k_vision + kb_vision), cat_rows(v_text, v_vision + vb_vision)]
         else:  # one key/value set serves both modalities
-            parts += [torch.cat([k_text, k_vision]), torch.cat([v_text, v_vision])]
+            parts += [cat_rows(k_text, k_vision), cat_rows(v_text, v_vision)]
         if image_set:  # key/value set seen by image queries: text keys carry their bridge term
             kb_text, vb_text = self.low_rank_group(
                 "text_bridge", h_text, [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
             )
-            parts += [torch.cat([k_text + kb_text, k_vision]), torch.cat([v_text + vb_text, v_vision])]
+            parts += [cat_rows(k_text + kb_text, k_vision), cat_rows(v_text + vb_text, v_vision)]
         S = len(parts)
         qkv = routing.to_sequence(torch.stack(parts, dim=1), B)  # (B, N, S, C) in sequence order
         qkv = qkv.view(B, N, S, H, D).permute(2, 0, 3, 1, 4)  # (S, B, H, N, D)
@@ -244,14 +280,16 @@ class LibraAttention(LowRankGroups):
             (k_t, v_t), kv_v = cache.update(self.layer_idx, (k_t, v_t), kv_v, attn.cache_position)
 
         dropout = self.attn_pdrop if self.training else 0.0
-        out_t = F.scaled_dot_product_attention(
-            q, k_t, v_t, attn_mask=attn.mask, is_causal=attn.is_causal, dropout_p=dropout
-        )  # (B, H, N, D)
-        out_t = out_t.transpose(1, 2).reshape(B * N, H * D)
-        out_text = out_t.index_select(0, routing.perm[: routing.n_text])
-        if not self.use_bridge:  # a single key/value set: the text pass already serves image queries
-            out_vision = out_t.index_select(0, routing.perm[routing.n_text :])
-        elif has_image_queries:
+        out_text = out_vision = None  # a modality without rows needs no output
+        if routing.n_text > 0 or not self.use_bridge:
+            out_t = F.scaled_dot_product_attention(
+                q, k_t, v_t, attn_mask=attn.mask, is_causal=attn.is_causal, dropout_p=dropout
+            )  # (B, H, N, D)
+            out_t = out_t.transpose(1, 2).reshape(B * N, H * D)
+            out_text = routing.sorted_rows(out_t, text=True)
+            if not self.use_bridge:  # a single key/value set: the text pass already serves image queries
+                out_vision = routing.sorted_rows(out_t, text=False)
+        if self.use_bridge and has_image_queries:
             # image queries only need the columns [lo, hi) that hold them, against keys [0, past + hi)
             k_v, v_v = kv_v
             lo, hi = attn.vision_span
@@ -266,9 +304,7 @@ class LibraAttention(LowRankGroups):
             )  # (B, H, hi - lo, D)
             out_v = out_v.transpose(1, 2).reshape(B * (hi - lo), H * D)
             out_vision = out_v.index_select(0, attn.vision_rows)
-        else:
-            out_vision = out_t.new_zeros(0, H * D)
-        return torch.cat([self.o_proj(out_text), self.vision_o_proj(out_vision)])
+        return join_rows(routing, self.o_proj, self.vision_o_proj, out_text, out_vision)
 
 
 @dataclass
@@ -345,11 +381,14 @@ class LibraMLP(LowRankGroups):
         self.vision_down_proj = LibraLinear(inner, C, r)
 
     def forward(self, h: torch.Tensor, routing: Routing) -> torch.Tensor:
-        h_text, h_vision = routing.split(h)
-        out_text = self.down_proj(F.silu(self.gate_proj(h_text)) * self.up_proj(h_text))
-        gate, up = self.low_rank_group("gate_up", h_vision, [self.vision_gate_proj, self.vision_up_proj])
-        out_vision = self.vision_down_proj(F.silu(gate) * up)
-        return torch.cat([out_text, out_vision])
+        return routed(h, routing, self.text_mlp, self.vision_mlp)
+
+    def text_mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    def vision_mlp(self, h: torch.Tensor) -> torch.Tensor:
+        gate, up = self.low_rank_group("gate_up", h, [self.vision_gate_proj, self.vision_up_proj])
+        return self.vision_down_proj(F.silu(gate) * up)
 
 
 class LibraDecoderLayer(nn.Module):
@@ -472,9 +511,12 @@ class LibraModel(LibraPreTrainedModel):
         """Input embeddings, sorted (B*N, C): text rows, then image rows as in docs/design.md §3.2."""
         cfg = self.config
         K = cfg.vision_codebook_num
-        ids = input_ids.reshape(K, -1).index_select(1, routing.perm)  # (K, B*N) sorted
+        ids = input_ids.reshape(K, -1)
+        ids = ids if routing.one_modality else ids.index_select(1, routing.perm)  # (K, B*N) sorted
         text_ids, vision_ids = ids[0, : routing.n_text], ids[:, routing.n_text :] - cfg.vocab_size
         e_text = self.embed_drop(self.embed_tokens(text_ids))
+        if routing.n_vision == 0:
+            return e_text
         # codebook k fills feature block k: [emb_0(code_0) ; emb_1(code_1)]
         e_vision = torch.cat([self.vision_embed_tokens[k](vision_ids[k]) for k in range(K)], dim=-1)
         vision_rows = routing.perm[routing.n_text :]
@@ -493,7 +535,7 @@ class LibraModel(LibraPreTrainedModel):
             e_vision = self.vision_contiguous_signal_processor(x)
         else:
             e_vision = e_vision + self.vision_contiguous_signal_processor(signal)
-        return torch.cat([e_text, self.vision_embed_drop(e_vision)])
+        return cat_rows(e_text, self.vision_embed_drop(e_vision))
 
     def forward(
         self,
@@ -551,6 +593,14 @@ class LibraModel(LibraPreTrainedModel):
             cache=cache,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+
+    def compile_layers(self, **options) -> None:
+        """torch.compile every decoder layer in place (`trainer.compile=true`; options go to
+        `torch.compile`). A layer traces as one graph, with no graph break, in training and in eval
+        (tests assert it); batches with other numbers of text and image rows reuse one graph with dynamic
+        sizes after the first recompilation."""
+        for layer in self.layers:
+            layer.compile(**options)
 
     def decoding_step(
         self,

@@ -42,6 +42,7 @@ from libra.data.batching import DataBatch, ReaderCollator, ReaderState
 from libra.data.samplers import ResumableSampler
 from libra.distributed import init_process_group, main_rank_first
 from libra.exit_codes import NON_FINITE, PREEMPTED, RunStopped, clear_stop_record, write_stop_record
+from libra.model.flops import training_flops_per_token
 from libra.pretrained import save_model_files
 from libra.tracking import MetricLogger, build_logger
 
@@ -76,6 +77,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         freeze_language(model)  # stage 1 (docs/design.md §7.1): only the visual expert and its heads learn
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if t.compile:
+        model.model.compile_layers()  # torch.compile each decoder layer (one graph each, no break)
     train_set = instantiate(cfg.data.train)
     val_set = instantiate(cfg.data.val) if cfg.data.get("val") is not None else None
 
@@ -125,7 +128,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if rank == 0:
         clear_stop_record(run_dir)
     gate = UpdateGate(engine, optimizer)  # refuses the update of a non-finite step
-    flops_per_token = 6 * sum(p.numel() for p in model.parameters())  # nanoGPT-style estimate
     peak_flops = t.peak_flops_per_device * world_size
     accumulation = engine.gradient_accumulation_steps()
 
@@ -163,6 +165,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             step_time = time.perf_counter() - start
 
             if state.step % t.log_every == 0 or state.step == t.max_steps or not applied or step.stop:
+                # FLOPs on each token's path (text weights or the low-rank image expert); the last
+                # micro-batch's text/image mix stands for the step's (one device read, at log steps only)
+                vision, real = inputs["vision_indices"], inputs["attention_mask"]
+                flops_per_token = training_flops_per_token(model.config, vision, real)
                 metrics = {
                     "train/loss": step.loss,
                     "train/loss_text": step.loss_text,

@@ -34,10 +34,17 @@ def test_forward_cases(fixture):
             assert (ours[:, real] - ref[:, real]).abs().max().item() < TOL
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_cases(fixture, use_cache):
+DECODING = {
+    "cached": {"use_cache": True},
+    "uncached": {"use_cache": False},
+    "static": {"use_cache": True, "cache_implementation": "static"},  # the path compile=True compiles
+}
+
+
+@pytest.mark.parametrize("decoding", sorted(DECODING))
+def test_generation_cases(fixture, decoding):
     for case in fixture.cases["generation_cases"]:
-        kwargs = {**case["kwargs"], "use_cache": use_cache}
+        kwargs = {**case["kwargs"], **DECODING[decoding]}
         out = fixture.model.generate(
             **fixture.case_inputs(case),
             **kwargs,

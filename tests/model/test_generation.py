@@ -61,7 +61,11 @@ def test_cached_equals_uncached(fixture, strict):
         uncached = fixture.model.generate(
             **kw, max_new_tokens=20, use_cache=False, strict_image_structure=strict
         )
+        static = fixture.model.generate(
+            **kw, max_new_tokens=20, cache_implementation="static", strict_image_structure=strict
+        )
         assert torch.equal(cached, uncached)
+        assert torch.equal(static, uncached)
 
 
 def test_seeded_sampling_is_reproducible(tiny_model, data_dir):

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from launch_env import child_environ
 from PIL import Image
 from skimage import data
 
@@ -66,7 +67,7 @@ def test_demo_page_answers_an_uploaded_image_and_draws(tiny_export, tmp_path):
 
     port = _free_port()
     url = f"http://127.0.0.1:{port}/"
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
+    env = child_environ(WANDB_MODE="offline", PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
     command = [sys.executable, str(ROOT / "run.py"), "task=demo", f"checkpoint={tiny_export}"]
     command += [f"serve.port={port}", "max_new_tokens=6", "logger=none"]
     log = tmp_path / "demo.log"

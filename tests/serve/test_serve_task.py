@@ -3,7 +3,6 @@ from the environment, answered through the official `openai` client, stopped wit
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,6 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from launch_env import child_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_run_py_task_serve_answers_the_openai_client(tiny_export, tmp_path):
     port = _free_port()
-    env = dict(os.environ, LIBRA_SERVE_API_KEY="from-env", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    env = child_environ(LIBRA_SERVE_API_KEY="from-env", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     command = [
         sys.executable,
         str(ROOT / "run.py"),

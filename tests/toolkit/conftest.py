@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from launch_env import child_environ
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def run_py(
     args: list[str], cwd: Path, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """``python run.py ARGS`` from ``cwd`` (outputs land there), W&B offline, output captured."""
-    full_env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT))
+    full_env = child_environ(WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT))
     full_env.pop("WANDB_API_KEY", None)
     full_env.update(env or {})
     return subprocess.run(

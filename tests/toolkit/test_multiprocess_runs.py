@@ -11,13 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from launch_env import child_environ
 
 from libra import tracking
 
@@ -108,7 +108,7 @@ def test_cluster_torchrun_trains_checkpoints_resumes_and_benchmarks(tmp_path, ca
 def test_run_py_under_an_outside_torchrun_runs_rank0s_config(tmp_path, cache_env):
     """`torchrun --nproc_per_node=2 run.py`: each rank composes, Hydra gives each a run dir of its own
     clock; rank 0's config and run dir win and the other rank's stray dir is removed."""
-    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT), **cache_env)
+    env = child_environ(WANDB_MODE="offline", PYTHONPATH=str(ROOT), **cache_env)
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
     command += [f"--master_port={free_port()}", str(ROOT / "run.py"), *SMALL, "trainer.global_batch_size=4"]
     command += ["trainer.max_steps=2", "trainer.eval_every=0", "logger=none"]
@@ -130,7 +130,7 @@ def test_two_nodes_over_loopback_share_one_run(tmp_path, cache_env):
     args = ["cluster=torchrun", "cluster.nodes=2", "cluster.gpus_per_node=1", f"cluster.master_port={port}"]
     args += [*SMALL, "trainer.global_batch_size=4", "trainer.max_steps=2", "trainer.eval_every=0"]
     args += ["trainer.benchmark_at_end=false", "logger=none", f"hydra.run.dir={run_dir}"]
-    env = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT), **cache_env)
+    env = child_environ(WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT), **cache_env)
     nodes = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), *args, f"cluster.node_rank={node}"],

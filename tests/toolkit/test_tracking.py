@@ -1,11 +1,11 @@
 """libra.tracking: the JSONL file, W&B offline runs read back from their files, tables, curves, ranks."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from launch_env import child_environ
 from PIL import Image
 
 from libra import tracking
@@ -220,7 +220,7 @@ for folder, options in (("on", {}), ("off", {"system_metrics": False, "console":
 
 def test_system_metrics_and_console_capture_are_on_by_default_and_can_be_turned_off(tmp_path):
     # a process of its own: W&B's console capture does not see through pytest's own capture
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_environ(PYTHONPATH=str(ROOT))
     env.pop("WANDB_API_KEY", None)
     done = subprocess.run(
         [sys.executable, "-c", CONSOLE_SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch_env import child_environ
 from safetensors.torch import load_file
 
 from libra.durable_files import write_manifest
@@ -54,7 +56,7 @@ LONG = ["trainer.max_steps=100000"]  # still running when the signal comes
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict:
     """One synthetic-data / tiny-tokenizer cache for every job of this module."""
-    values = dict(os.environ, WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT))
+    values = child_environ(WANDB_MODE="offline", HYDRA_FULL_ERROR="1", PYTHONPATH=str(ROOT))
     values.update(OMP_NUM_THREADS="1", LIBRA_CACHE_DIR=str(tmp_path_factory.mktemp("libra-cache")))
     values.pop("WANDB_API_KEY", None)
     return values
@@ -184,7 +186,9 @@ def test_sigterm_to_a_two_rank_torchrun_job_checkpoints_and_exits_75(tmp_path, e
     """`cluster=torchrun`: the signal reaches run.py, which hands it to the ranks once; both finish the
     step, checkpoint it, and run.py exits with the ranks' code, not torchrun's 1."""
     run_dir = tmp_path / "run"
-    port = 29700 + os.getpid() % 200
+    with socket.socket() as probe:  # a free port (this process may hold 29500 + pid % 1000 itself)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     two_ranks = ["cluster=torchrun", "cluster.gpus_per_node=2", f"cluster.master_port={port}"]
     args = [*TINY, *two_ranks, "trainer.global_batch_size=4", "trainer.checkpoint_every=0", *LONG]
     job = start(args, run_dir, env)

@@ -4,7 +4,6 @@ The launch path is the real one: the resolved config is written to the run dir a
 `python -m libra.launch <run dir>` (what `cluster=torchrun` starts).
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_train_config
+from launch_env import child_environ
 from omegaconf import OmegaConf
 
 from libra.model import LibraForCausalLM
@@ -36,7 +36,7 @@ def run_two_ranks(run_dir: Path, cache: Path, stage: str, port: int) -> None:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
     command += ["-m", "libra.launch", str(run_dir / "config.yaml")]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env = child_environ(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
 
