@@ -13,6 +13,9 @@ r"""Entry point: compose the Hydra config, validate it, run `task`. All logic li
     python run.py task=generate checkpoint=<folder> prompt="a red bus"
 
 Show the composed config without running: `python run.py <overrides> --cfg job`.
+
+`task` picks the function from the table in libra/tasks.py (train: libra/train/recipe.py `train`);
+`launch` runs it here, under torchrun or in a SLURM job (libra/launch.py).
 """
 
 import hydra
@@ -21,6 +24,7 @@ from omegaconf import DictConfig
 
 from libra.config_view import print_composed_config
 from libra.launch import launch
+from libra.tasks import TASKS
 from libra.validation import validate
 
 
@@ -29,7 +33,7 @@ def main(cfg: DictConfig) -> float | None:
     validate(cfg)  # before any work: a bad override fails here, naming the key and the fix
     overrides = list(HydraConfig.get().overrides.task)
     print_composed_config(cfg, overrides)  # print_config=diff (default) | full | none
-    return launch(cfg, overrides=overrides)
+    return launch(TASKS[cfg.task], cfg, overrides=overrides)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 
@@ -45,6 +46,20 @@ def barrier() -> None:
     group = _process_group()
     if group is not None and group.get_world_size() > 1:
         group.barrier()
+
+
+def sum_counts_over_ranks(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts summed over every rank, keys that only some ranks have included (all ranks must call):
+    e.g. the data skips of each rank's share, which rank 0 logs for the run."""
+    group = _process_group()
+    if group is None or group.get_world_size() == 1:
+        return dict(counts)
+    gathered: list[Mapping[str, int] | None] = [None] * group.get_world_size()
+    group.all_gather_object(gathered, dict(counts))
+    total: Counter[str] = Counter()
+    for part in gathered:
+        total.update(part or {})
+    return {key: total[key] for key in sorted(total)}
 
 
 @contextmanager

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 MANIFEST = "manifest.json"
@@ -114,12 +116,32 @@ def replace_folder(new: str | Path, final: str | Path) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace a file's content in one step: readers see the old text or the new, never a mix."""
+    """Replace a file's content in one step: readers see the old text or the new, never a mix (also
+    when several processes write it at once: each writes its own temporary file)."""
     path = Path(path)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def build_folder_once(folder: str | Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """``build(tmp)`` into a temporary sibling, then rename it to ``folder``, unless ``folder/marker``
+    exists already. Processes that race (ranks filling one cache) each build apart; the first rename
+    wins and the others find the marker and drop their copy."""
+    folder = Path(folder)
+    if (folder / marker).is_file():
+        return folder
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        build(tmp)
+        os.rename(tmp, folder)
+    except OSError:
+        if not (folder / marker).is_file():  # not just another process finishing first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

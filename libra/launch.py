@@ -1,12 +1,13 @@
 """Start a task in one process, under torchrun, or inside a SLURM job; record the run first.
 
-run.py hands the composed config to ``launch(cfg)``, which picks the path from ``cluster.launcher``:
+run.py hands the task's entry point (from the table in libra/tasks.py) and the composed config to
+``launch(task, cfg)``, which picks the path from ``cluster.launcher``:
 
 * ``local``    call the task here (world size 1).
 * ``torchrun`` write the resolved config once, then start ``torchrun ... -m libra.launch <config>``;
-  every rank loads that one file and shares that one run dir. With ``cluster.nodes`` > 1 the same
-  command runs on every node (static rendezvous with ``cluster.node_rank``, or c10d with
-  ``cluster.rdzv_id``) into one shared ``hydra.run.dir``.
+  every rank loads that one file, looks its ``task`` up in the same table and shares that one run
+  dir. With ``cluster.nodes`` > 1 the same command runs on every node (static rendezvous with
+  ``cluster.node_rank``, or c10d with ``cluster.rdzv_id``) into one shared ``hydra.run.dir``.
 * ``slurm``    we are a task of a job submitted by hydra-submitit-launcher (``cluster=slurm``):
   export RANK / WORLD_SIZE / MASTER_ADDR from the SLURM variables, then call the task.
 * ``run.py`` started by an outside launcher (``torchrun ... run.py``, a PyTorchJob): every rank
@@ -20,7 +21,6 @@ that metric in ``<run dir>/metrics.json`` is returned for Hydra's sweeper.
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import json
 import os
@@ -29,6 +29,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,6 @@ from libra.distributed import rank
 from libra.exit_codes import RunStopped, read_stop_record
 from libra.run_lock import hold_run_dir
 
-# task -> "module:function"; each function takes the composed config.
-TASKS = {
-    "train": "libra.train:train",
-    "benchmark": "libra.tasks.benchmark:score_checkpoint",
-    "chat": "libra.tasks.chat:chat",
-    "generate": "libra.tasks.generate:generate",
-    "serve": "libra.serve.app:serve",
-    "demo": "libra.serve.demo:demo",
-}
 CONFIG_FILE = "config.yaml"
 NODE_CONFIGS = "launch"  # <run dir>/launch/<host>-<pid>/: each node's config on several nodes
 HYDRA_OWN_FILES = {".hydra", "run.log"}  # what Hydra writes into a run dir before the task starts
@@ -57,8 +49,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTED_BY_OUTSIDE_LAUNCHER = "LOCAL_RANK" in os.environ
 
 
-def launch(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
-    """Run ``cfg.task`` the way ``cfg.cluster.launcher`` says; returns the sweep objective or None."""
+def launch(
+    task: Callable[[DictConfig], Any], cfg: DictConfig, overrides: list[str] | None = None
+) -> float | None:
+    """Run ``task`` (``cfg.task``'s entry point) the way ``cfg.cluster.launcher`` says; returns the sweep
+    objective or None. Under torchrun the ranks look ``cfg.task`` up in libra/tasks.py themselves."""
     overrides = overrides or []
     launcher = cfg.cluster.launcher
     if launcher == "slurm":
@@ -66,10 +61,7 @@ def launch(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
     elif STARTED_BY_OUTSIDE_LAUNCHER:
         cfg = agree_on_rank0_config(cfg)
     run_dir = Path(cfg.run_dir)
-    # One job per run dir, locked before anything is written (on several nodes global rank 0's
-    # worker takes the lock; torchrun workers run under their parent's).
-    holds_lock = rank() == 0 and not (launcher == "torchrun" and cfg.cluster.nodes > 1)
-    with hold_run_dir(run_dir) if holds_lock else nullcontext():
+    with hold_run_dir(run_dir) if takes_run_dir_lock(cfg) else nullcontext():
         if launcher == "torchrun" and cfg.cluster.nodes > 1:
             _require_shared_run_dir()
             run_torchrun(cfg, write_node_config(cfg, run_dir, overrides))  # worker rank 0 records the run
@@ -79,20 +71,15 @@ def launch(cfg: DictConfig, overrides: list[str] | None = None) -> float | None:
         else:
             if rank() == 0:
                 record_run(cfg, run_dir, overrides)
-            run_task(cfg)
+            task(cfg)
     return objective(cfg, run_dir)
 
 
-def run_task(cfg: DictConfig) -> Any:
-    """Import and call the task's entry point (imports stay lazy: `task=chat` never loads DeepSpeed)."""
-    from libra.tracking import finish_open_loggers
-
-    module_name, function_name = TASKS[cfg.task].split(":")
-    try:
-        return getattr(importlib.import_module(module_name), function_name)(cfg)
-    except BaseException:
-        finish_open_loggers(exit_code=1)
-        raise
+def takes_run_dir_lock(cfg: DictConfig) -> bool:
+    """One job per run dir (libra/run_lock.py): the process that launches takes the lock before anything
+    is written. On several nodes global rank 0's worker takes it instead (`run_rank`), and torchrun
+    workers run under their parent's."""
+    return rank() == 0 and not (cfg.cluster.launcher == "torchrun" and cfg.cluster.nodes > 1)
 
 
 def torchrun_command(cfg: DictConfig, config_file: Path) -> list[str]:
@@ -135,8 +122,9 @@ def run_torchrun(cfg: DictConfig, config_file: Path) -> None:
         raise RuntimeError(f"torchrun exited with code {returncode}; see the rank logs above")
 
 
-def worker_main(config_file: str) -> None:
-    """Entry point of each torchrun rank: the config the launching process wrote, no Hydra.
+def run_rank(config_file: str, tasks: dict[str, Callable[[DictConfig], Any]]) -> None:
+    """Entry point of each torchrun rank: the config the launching process wrote, no Hydra; the
+    task's function from ``tasks`` (the table of libra/tasks.py).
 
     On several nodes each node wrote its own copy (``<run dir>/launch/``); global rank 0 records
     the run from its node's copy, as a one-node launcher does before starting the ranks."""
@@ -148,7 +136,7 @@ def worker_main(config_file: str) -> None:
         if records:
             overrides = (config_file.parent / "overrides.txt").read_text().splitlines()
             record_run(cfg, Path(cfg.run_dir), overrides)
-        run_task(cfg)
+        tasks[cfg.task](cfg)
 
 
 def write_node_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Path:
@@ -249,4 +237,8 @@ def _git_state() -> str:
 
 
 if __name__ == "__main__":
-    worker_main(sys.argv[1])
+    # Imported here, not at the top: the table imports every task (DeepSpeed included), and what only
+    # builds commands or records runs (tests, tools) should not pay for that.
+    from libra.tasks import TASKS
+
+    run_rank(sys.argv[1], TASKS)

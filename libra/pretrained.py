@@ -18,6 +18,8 @@ kind                 recognised by                                   weights / c
 
 ``model_files/`` (``config.json`` + the processor files) is written into the run dir once, when
 training starts, so that every checkpoint of a run can be loaded on its own, before any export exists.
+The exception: a `finetune=lora` checkpoint holds the adapters only (libra/train/lora.py), so it is
+refused with the way to an export, and a run dir resolves to its exports alone.
 
 The choice is returned with its reason and printed by `load_pretrained`, so a user always sees which
 weights a command used. One dtype rule (`inference_dtype`): bf16 on a GPU, fp32 on the CPU, unless
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # torch and the model stay unimported until something is load
     from libra.model import LibraForCausalLM
     from libra.tokenizer.processor import LibraProcessor
 
+TRAINING_RECORD = "training.json"  # <export>/training.json: what trained the exported weights
 MODEL_FILES = "model_files"  # <run dir>/model_files: config.json + processor files of the run
 DEEPSPEED_STATES = "mp_rank_00_model_states.pt"  # ZeRO 0-2; ZeRO-3 writes zero_pp_rank_* shards
 _STEP = re.compile(r"^(?:step|export_step)_(\d+)$")
@@ -68,9 +71,15 @@ def resolve_pretrained(path: str | Path) -> ResolvedCheckpoint:
         from libra.durable_files import IncompleteFolder, read_manifest
 
         try:
-            read_manifest(path)  # written last by the save: without it the folder may be half written
+            manifest = read_manifest(path)  # written last by the save: without it it may be half written
         except IncompleteFolder as error:
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {error}") from None
+        if manifest.get("adapters_only", False):  # absent in checkpoints of older versions
+            raise FileNotFoundError(
+                f"checkpoint {path} holds LoRA adapters only (finetune=lora), not a model; load the run's "
+                f"export ({path.parent.parent / 'export'}), or get one mid-run with "
+                f"`touch {path.parent.parent / 'EXPORT_NOW'}` (or by resuming the run to its end)"
+            )
         return ResolvedCheckpoint(
             "deepspeed_step",
             path,
@@ -92,9 +101,19 @@ def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
     for folder in run_dir.glob("export_step_*"):
         if _is_pretrained_folder(folder) and (step := _step_of(folder)) is not None:
             candidates.append((step, 1, folder, "pretrained"))
+    adapter_checkpoints = 0  # finetune=lora checkpoints: no model without the base, not candidates
     for folder in _complete_checkpoints(run_dir):
         if _is_deepspeed_step(folder) and (step := _step_of(folder)) is not None:
+            if _adapters_only(folder):
+                adapter_checkpoints += 1
+                continue
             candidates.append((step, 0, folder, "deepspeed_step"))
+    if not candidates and adapter_checkpoints:
+        raise FileNotFoundError(
+            f"checkpoint {asked}: a finetune=lora run dir without an export; its {adapter_checkpoints} "
+            f"checkpoint(s) hold LoRA adapters only. Get an export with `touch {run_dir / 'EXPORT_NOW'}` "
+            "while it trains, or resume it (resume=auto) to its end"
+        )
     if not candidates:
         raise FileNotFoundError(
             f"checkpoint {asked}: not a model folder (config.json + *.safetensors), not a DeepSpeed step "
@@ -116,6 +135,13 @@ def _is_deepspeed_step(folder: Path) -> bool:
     """DeepSpeed's model states: ``mp_rank_00_model_states.pt`` (ZeRO 0-2) or per-rank
     ``zero_pp_rank_*_mp_rank_00_model_states.pt`` shards (ZeRO-3)."""
     return (folder / DEEPSPEED_STATES).is_file() or any(folder.glob("zero_pp_rank_*_model_states.pt"))
+
+
+def _adapters_only(step_dir: Path) -> bool:
+    """A complete checkpoint of a finetune=lora run (libra/train/checkpoint.py notes it in the manifest)."""
+    from libra.durable_files import read_manifest
+
+    return read_manifest(step_dir).get("adapters_only", False)  # absent in older checkpoints
 
 
 def _step_of(folder: Path) -> int | None:
@@ -155,6 +181,35 @@ def inference_dtype(device: torch.device, precision: str | None = None) -> torch
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return getattr(torch, PRECISIONS[precision])
+
+
+def read_training_record(path: str | Path | ResolvedCheckpoint) -> dict | None:
+    """The training record an export carries (`TRAINING_RECORD`, written by libra/train/export.py);
+    None for a folder without one (the official release, a DeepSpeed step, an older export)."""
+    import json
+
+    resolved = path if isinstance(path, ResolvedCheckpoint) else resolve_pretrained(path)
+    file = resolved.weights / TRAINING_RECORD
+    if resolved.kind != "pretrained" or not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"{file} is not a readable training record ({error}); delete it or re-export"
+        ) from None
+
+
+def trained_for_text_to_image(record: dict | None) -> bool | None:
+    """Whether any text-to-image sample trained the weights a record describes, through the chain of
+    `model.init_from` bases: True / False, or None when some base is not ours to know (no record)."""
+    while record is not None:
+        if record.get("text_to_image_samples", 0) > 0:
+            return True
+        if record.get("init_from") is None:  # trained from fresh weights (or from LLaMA): the chain ends
+            return False
+        record = record.get("base")
+    return None
 
 
 def default_device() -> torch.device:

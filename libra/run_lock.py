@@ -13,12 +13,15 @@ with a warning:
 A lock held from another host cannot be checked from here; the error says which file to delete once
 that job is known to be gone. Only the launching process takes the lock: torchrun workers started
 by ``libra.launch`` run under their parent's (on several nodes, global rank 0's worker takes it).
+`python run.py` takes it even before Hydra writes ``.hydra/`` and ``run.log`` (``LockRunDirCallback``,
+named in conf/config.yaml); a process may take a lock it holds again (``libra.launch`` does).
 The lock uses only exclusive file creation and rename, which shared filesystems (NFS, Lustre) keep
 atomic, unlike ``flock``.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -29,8 +32,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 LOCK_FILE = "run.lock"
+_HELD: dict[Path, int] = {}  # locks this process holds -> how many times it took each
 
 
 class RunDirBusy(RuntimeError):
@@ -103,9 +111,12 @@ def _read(path: Path) -> dict:
 
 def acquire(run_dir: str | Path) -> Path:
     """Take ``<run dir>/run.lock`` for this process; raises ``RunDirBusy`` naming the holder."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir).absolute()
     path = run_dir / LOCK_FILE
+    if path in _HELD:  # taken already by this process (run.py's callback, then libra.launch)
+        _HELD[path] += 1
+        return path
+    run_dir.mkdir(parents=True, exist_ok=True)
     me = _this_process()
     for _ in range(5):
         try:
@@ -130,6 +141,7 @@ def acquire(run_dir: str | Path) -> Path:
             f.write(json.dumps(me, indent=1) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        _HELD[path] = 1
         return path
     raise RunDirBusy(f"could not take {path}: other jobs keep taking it; start one job per run dir")
 
@@ -154,8 +166,12 @@ def _take_over(path: Path, holder: dict, reason: str) -> None:
 
 
 def release(path: str | Path) -> None:
-    """Remove the lock if this process still holds it."""
-    path = Path(path)
+    """Remove the lock if this process still holds it (and took it no more times than it releases it)."""
+    path = Path(path).absolute()
+    if _HELD.get(path, 0) > 1:
+        _HELD[path] -= 1
+        return
+    _HELD.pop(path, None)
     holder = _read(path)
     if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
         path.unlink(missing_ok=True)
@@ -169,3 +185,31 @@ def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
         yield path
     finally:
         release(path)
+
+
+class LockRunDirCallback(Callback):
+    """Hydra callback of `python run.py` (conf/config.yaml `hydra.callbacks`): a single run takes its run
+    dir's lock before Hydra writes ``.hydra/`` and ``run.log`` into it, so a second job into a busy run
+    dir changes nothing there. Whether a process locks at all is `libra.launch.takes_run_dir_lock`.
+    (Multirun jobs get fresh run dirs of their sweep; libra.launch locks each one.)"""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from libra.launch import takes_run_dir_lock
+
+        if not takes_run_dir_lock(config):
+            return
+        try:
+            self.path = acquire(config.hydra.run.dir)
+        except RunDirBusy as error:
+            # Hydra turns a callback's exception into a warning and runs the job anyway: exit here
+            print(f"[libra] {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+        atexit.register(release, self.path)  # also when the job ends in sys.exit (no on_run_end)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.path is not None:
+            release(self.path)
+            self.path = None

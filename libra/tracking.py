@@ -31,14 +31,10 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from libra.distributed import is_main
+
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
-_OPEN: list[MetricLogger] = []  # loggers not finished yet: libra.launch closes them if a task raises
-
-
-def global_rank() -> int:
-    """Rank of this process as set by torchrun / DeepSpeed / libra.launch (0 without a launcher)."""
-    return int(os.environ.get("RANK", "0"))
 
 
 class MetricLogger:
@@ -262,7 +258,6 @@ class RunLogger(MetricLogger):
         self.log_artifacts = log_artifacts
         self.run_id = backend.run_id if backend is not None else None
         self._finished = False
-        _OPEN.append(self)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         self.jsonl.log(metrics, step)
@@ -292,7 +287,6 @@ class RunLogger(MetricLogger):
         if self._finished:
             return
         self._finished = True
-        _OPEN.remove(self)
         self.jsonl.finish()
         try:
             plot_curves(self.run_dir / METRICS_FILE, self.run_dir / CURVES_FILE)
@@ -306,13 +300,16 @@ def build_logger(
 ) -> MetricLogger:
     """The logger of this process: ``RunLogger`` on rank 0 (JSONL + ``cfg.logger.backend``), else no-op.
 
+    The caller owns it: open it in a ``with`` block (or ``finish`` it), so that a task that raises
+    closes its W&B run, marked failed, before the next job of a multirun starts its own.
+
     ``cfg.logger.backend`` is a ``_target_`` config (e.g. ``WandbLogger``) or null; it receives the run
     dir, the resolved config (``run_config``) and ``resume_id`` (the backend run id of the run being resumed).
     ``resume_step``: training starts after this step (0 for a fresh start), so the rows of later steps
     that ``metrics.jsonl`` holds from an interrupted earlier run are dropped first (one row per step).
     ``cfg.logger.log_artifacts`` (default false): log checkpoints and exports as backend artifacts.
     """
-    if global_rank() != 0:
+    if not is_main():
         return MetricLogger()
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -325,13 +322,6 @@ def build_logger(
         backend = make_backend(run_dir=str(run_dir), run_config=run_config, resume_id=resume_id)
     log_artifacts = bool(cfg.logger.get("log_artifacts", False))
     return RunLogger(run_dir, backend, resume_step, log_artifacts)
-
-
-def finish_open_loggers(exit_code: int) -> None:
-    """Finish every logger still open, e.g. after a task raised: the W&B run of a failed multirun
-    job is closed (marked failed) before the next job of the same process starts its own."""
-    for logger in list(_OPEN):
-        logger.finish(exit_code)
 
 
 def truncate_metrics(path: str | Path, last_step: int) -> int:

@@ -1,4 +1,4 @@
-"""Validation of the composed config before any work: a typed schema plus cross-field rules.
+"""Validation of the composed config before any work: choices, ranges and cross-field rules.
 
 ``validate(cfg)`` raises ``ConfigError`` listing every problem at once; each names the key, what is
 wrong and the override that fixes it, e.g.
@@ -7,22 +7,30 @@ wrong and the override that fixes it, e.g.
       fix: trainer.global_batch_size=12  (or another multiple of 4)
 
 run.py calls it before dispatching, and the SLURM launcher calls it on the submitting machine for
-every job of a sweep, so a bad config never waits in a queue. Imports no torch.
+every job of a sweep, so a bad config never waits in a queue. The types and keys are the schemas of
+libra/config_schema.py, which Hydra checks during composition; every range and cross-field rule is
+written once here, and libra/train/deepspeed_config.py raises the same problems through
+``value_problems``, ``batch_problems`` and ``offload_problems``. Imports no torch.
 """
 
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
-from libra.launch import TASKS as ENTRY_POINTS
+from libra import config_schema  # also registers the schemas that conf/ extends
 
-TASKS = tuple(ENTRY_POINTS)  # train, benchmark, chat, generate
+# The names of the task table's entries (libra/tasks.py; tests/test_layering.py checks they are the
+# same). Not imported from there: the table imports every task, DeepSpeed and torch included, and
+# checking a config needs none of them.
+TASKS = ("train", "benchmark", "chat", "generate", "serve", "demo")
 LAUNCHERS = ("local", "torchrun", "slurm")
 PRECISIONS = ("fp32", "bf16")
 # Groups a task reads: a value still marked ??? (required) in another group does not stop it.
@@ -55,75 +63,194 @@ class Problem:
     fix: str
 
 
+# --- the checks of single values: types from the schema, choices and ranges written here ---------
+#
+# Composition already rejects unknown keys and wrong types (libra/config_schema.py). The same types are
+# checked again here, read from those dataclasses, for configs that did not come through Hydra (built by
+# hand, or a saved config.yaml read back); the choices and ranges below are checked only here.
+
+
 @dataclass(frozen=True)
-class Field:
-    """One schema entry: the Python type(s) of the value, and optionally the allowed values."""
+class FieldType:
+    """The Python type(s) a key's value may have, derived from its schema annotation."""
 
     types: tuple[type, ...]
-    choices: tuple[Any, ...] | None = None
     optional: bool = False  # null allowed
-    positive: bool = False
-    non_negative: bool = False  # 0 allowed (e.g. an interval of 0 = never)
-    default: Any = None  # the value the reading class uses when the key is absent (None: required)
 
 
-# The keys the toolkit itself relies on across groups; each group's own fields are checked by the
-# class its `_target_` names (LibraConfig, ZeroSettings, ...) when it is built.
-SCHEMA: dict[str, Field] = {
-    "task": Field((str,), choices=TASKS),
-    "seed": Field((int,)),
-    "print_config": Field((str,), choices=("diff", "full", "none"), default="diff"),
-    "checkpoint": Field((str,), optional=True),
-    "resume": Field((str,), optional=True),
-    "objective": Field((str,), optional=True),
-    "prompt": Field((str,), optional=True),
-    "image": Field((str,), optional=True),
-    "max_new_tokens": Field((int,), positive=True),
-    "temperature": Field((int, float)),
-    "cluster.launcher": Field((str,), choices=LAUNCHERS),
-    "cluster.nodes": Field((int,), positive=True),
-    "cluster.gpus_per_node": Field((int,), positive=True),
-    "trainer.global_batch_size": Field((int,), positive=True),
-    "trainer.micro_batch_size": Field((int,), positive=True),
-    "trainer.precision": Field((str,), choices=PRECISIONS),
-    "trainer.grad_clip": Field((int, float), positive=True),
-    "trainer.compile": Field((bool,), default=False),
-    # trainer / optimizer keys that the recipe reads (defaults: the values the classes fall back to)
-    "trainer.max_steps": Field((int,), positive=True, default=1000),
-    "trainer.log_every": Field((int,), positive=True, default=10),
-    "trainer.eval_every": Field((int,), non_negative=True, default=200),
-    "trainer.eval_batches": Field((int,), positive=True, default=10),
-    "trainer.checkpoint_every": Field((int,), non_negative=True, default=500),
-    "trainer.keep_last": Field((int,), non_negative=True, default=2),
-    "trainer.num_workers": Field((int,), non_negative=True, default=2),
-    "trainer.max_bad_steps": Field((int,), positive=True, default=3),
-    "trainer.benchmark_every": Field((int,), non_negative=True, default=0),
-    "optimizer.lr": Field((int, float), positive=True, default=1e-4),
-    "optimizer.weight_decay": Field((int, float), non_negative=True, default=0.0),
-    "deepspeed.stage": Field((int,), choices=(0, 1, 2, 3)),
-    # ZeroSettings defaults: stage0/zero2/zero3 files leave the offload flags out
-    "deepspeed.offload_optimizer": Field((bool,), default=False),
-    "deepspeed.offload_param": Field((bool,), default=False),
-    # logger=wandb (logger=none has no backend: these are absent there)
-    "logger.log_artifacts": Field((bool,), default=False),
-    "logger.backend.mode": Field((str,), choices=("auto", "online", "offline", "disabled"), default="auto"),
-    "logger.backend.console": Field((str,), choices=("wrap", "redirect", "off"), default="wrap"),
-    "logger.backend.system_metrics": Field((bool,), default=True),
-    "logger.backend.upload_max_mb": Field((int, float), default=64),
+@dataclass(frozen=True)
+class Range:
+    """An allowed interval: ``low`` (inclusive unless ``low_open``) up to ``high`` (inclusive unless
+    ``high_open``; None = unbounded). A list value is checked element by element."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+    def contains(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        if self.high is None:
+            return above
+        return above and (value < self.high if self.high_open else value <= self.high)
+
+    def fix(self, key: str) -> str:
+        if self == POSITIVE:
+            return f"{key}=<positive value>"
+        if self == NON_NEGATIVE:
+            return f"{key}=0  (or a positive value)"
+        return f"{key}=<value {self.describe()}>"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)  # 0 allowed, e.g. an interval of 0 = never
+PROBABILITY = Range(0, 1)
+# [0, 1): an Adam moment decay (1 would never forget), a dropout rate (1 would drop everything)
+BELOW_ONE = Range(0, 1, high_open=True)
+
+# The allowed values of keys with a fixed set of them.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "task": TASKS,
+    "print_config": ("diff", "full", "none"),
+    "cluster.launcher": LAUNCHERS,
+    "trainer.precision": PRECISIONS,
+    "deepspeed.stage": (0, 1, 2, 3),
+    "logger.backend.mode": ("auto", "online", "offline", "disabled"),
+    "logger.backend.console": ("wrap", "redirect", "off"),
+    "finetune.base_dtype": ("float32", "bfloat16"),
 }
 
-# Keys only some tasks read: checked for those tasks.
-_SERVE_BLOCK = {
-    "serve.host": Field((str,)),
-    "serve.port": Field((int,), positive=True),
-    "serve.api_key": Field((str,), optional=True),
-    "serve.model_name": Field((str,)),
-    "serve.allow_local_paths": Field((bool,)),
-    "serve.max_images": Field((int,), positive=True),
-    "serve.max_batch_size": Field((int,), positive=True),
-    "serve.batch_window_ms": Field((int, float)),
+# The range of every numeric key that has one; a key absent from the config is not checked.
+RANGES: dict[str, Range] = {
+    **dict.fromkeys(
+        (
+            "max_new_tokens",
+            "cluster.nodes",
+            "cluster.gpus_per_node",
+            "cluster.master_port",
+            "cluster.timeout_min",
+            "cluster.cpus_per_task",
+            "trainer.max_steps",
+            "trainer.global_batch_size",
+            "trainer.micro_batch_size",
+            "trainer.grad_clip",
+            "trainer.log_every",
+            "trainer.eval_batches",
+            "trainer.max_bad_steps",
+            "trainer.benchmark_items",
+            "trainer.peak_flops_per_device",
+            "optimizer.lr",
+            "optimizer.eps",
+            "optimizer.llm_lr_scale",
+            "serve.port",
+            "serve.max_images",
+            "serve.max_batch_size",
+            "logger.backend.upload_max_mb",
+            "finetune.rank",
+            "finetune.alpha",
+        ),
+        POSITIVE,
+    ),
+    **dict.fromkeys(
+        (
+            "temperature",
+            "trainer.eval_every",
+            "trainer.checkpoint_every",
+            "trainer.keep_last",
+            "trainer.num_workers",
+            "trainer.benchmark_every",
+            "optimizer.weight_decay",
+            "scheduler.warmup_steps",
+            "serve.batch_window_ms",
+            "cluster.node_rank",
+        ),
+        NON_NEGATIVE,
+    ),
+    **dict.fromkeys(
+        (
+            "scheduler.warmup_ratio",
+            "scheduler.min_lr_ratio",
+            "data.train.t2i_prob",
+            "data.train.t2i_hide_features_prob",
+        ),
+        PROBABILITY,
+    ),
+    "optimizer.betas": BELOW_ONE,
+    "finetune.dropout": BELOW_ONE,
 }
-TASK_SCHEMA: dict[str, dict[str, Field]] = {"serve": _SERVE_BLOCK, "demo": _SERVE_BLOCK}
+
+# Keys every config must have (a hand-built one may leave others out); more for some tasks.
+REQUIRED = (
+    "task",
+    "seed",
+    "checkpoint",
+    "resume",
+    "objective",
+    "prompt",
+    "image",
+    "max_new_tokens",
+    "temperature",
+    "cluster.launcher",
+    "cluster.nodes",
+    "cluster.gpus_per_node",
+    "trainer.global_batch_size",
+    "trainer.micro_batch_size",
+    "trainer.precision",
+    "trainer.grad_clip",
+    "deepspeed.stage",
+)
+_SERVE_KEYS = tuple(f"serve.{f.name}" for f in fields(config_schema.ServeConfig))
+TASK_REQUIRED: dict[str, tuple[str, ...]] = {"serve": _SERVE_KEYS, "demo": _SERVE_KEYS}
+
+_PYTHON_TYPES: dict[Any, tuple[type, ...]] = {
+    int: (int,),
+    float: (int, float),
+    str: (str,),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+}
+
+
+def _schema_types(schema: type, prefix: str) -> dict[str, FieldType]:
+    """Dotted key -> FieldType of every typed leaf of a schema dataclass (``Any`` and ``_target_``-style
+    keys are left to the classes that read them)."""
+    hints = typing.get_type_hints(schema)
+    found: dict[str, FieldType] = {}
+    for f in fields(schema):
+        if f.name.startswith("_"):
+            continue
+        hint, key = hints[f.name], f"{prefix}{f.name}"
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if optional:
+            (hint,) = [a for a in args if a is not type(None)]
+        if is_dataclass(hint):
+            found.update(_schema_types(hint, f"{key}."))
+            continue
+        types = _PYTHON_TYPES.get(typing.get_origin(hint) or hint)
+        if types is not None:
+            found[key] = FieldType(types, optional)
+    return found
+
+
+def _all_schema_types() -> dict[str, FieldType]:
+    """The root keys and every group's keys; a group's options share a key only with the same type."""
+    found = _schema_types(config_schema.RootConfig, "")
+    for group, options in config_schema.GROUP_SCHEMAS.items():
+        for schema in options.values():
+            for key, field_type in _schema_types(schema, f"{group}.").items():
+                assert found.setdefault(key, field_type) == field_type, f"{key}: two types in the schemas"
+    return found
+
+
+TYPES: dict[str, FieldType] = _all_schema_types()
 
 _ABSENT = object()
 _MISSING = object()
@@ -143,37 +270,76 @@ def _get(cfg: DictConfig, key: str) -> Any:
     return node
 
 
-def _check_schema(cfg: DictConfig) -> list[Problem]:
-    problems = []
-    for key, field in {**SCHEMA, **TASK_SCHEMA.get(cfg.get("task"), {})}.items():
-        value = _get(cfg, key)
-        if value is _ABSENT and field.default is not None:
-            continue
-        if value is _ABSENT:
-            problems.append(
-                Problem(key, "is not set", f"add {key}=<value> (or pick a config group that has it)")
-            )
-            continue
-        if value is _MISSING or value is None:
-            if not field.optional and value is None:
-                problems.append(Problem(key, "is null", f"{key}=<value>"))
-            continue
+def _show(value: Any) -> str:
+    """A number as a user would type it: 0.0 -> 0, 1e-05 stays."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def value_problems(key: str, value: Any) -> list[Problem]:
+    """The type, choice and range rules of one key, for a present value (the pre-launch check and the
+    DeepSpeed config builder both ask here, so a bad value reads the same from either)."""
+    field_type = TYPES.get(key)
+    if value is None:
+        if field_type is not None and not field_type.optional or key in CHOICES:
+            return [Problem(key, "is null", f"{key}=<value>")]
+        return []
+    if field_type is not None:
         # bool is an int in Python; an int field given true/false is a mistake, not a 1.
-        wrong_type = not isinstance(value, field.types) or (
-            isinstance(value, bool) and bool not in field.types
+        wrong_type = not isinstance(value, field_type.types) or (
+            isinstance(value, bool) and bool not in field_type.types
         )
         if wrong_type:
-            names = " or ".join(t.__name__ for t in field.types)
-            problems.append(
+            names = " or ".join(t.__name__ for t in field_type.types)
+            return [
                 Problem(key, f"{value!r} is a {type(value).__name__}, expected {names}", f"{key}=<{names}>")
-            )
-        elif field.choices is not None and value not in field.choices:
-            options = " | ".join(str(c) for c in field.choices)
-            problems.append(Problem(key, f"{value!r} is not one of {options}", f"{key}={field.choices[0]}"))
-        elif field.positive and value <= 0:
-            problems.append(Problem(key, f"{value} must be > 0", f"{key}=<positive value>"))
-        elif field.non_negative and value < 0:
-            problems.append(Problem(key, f"{value} must be >= 0", f"{key}=0  (or a positive value)"))
+            ]
+    choices = CHOICES.get(key)
+    if choices is not None and value not in choices:
+        options = " | ".join(str(c) for c in choices)
+        return [Problem(key, f"{value!r} is not one of {options}", f"{key}={choices[0]}")]
+    allowed = RANGES.get(key)
+    if allowed is not None:
+        values = value if isinstance(value, list) else [value]
+        if not all(_is_number(v) for v in values):
+            return [Problem(key, f"{value!r} is not a number", f"{key}=<number {allowed.describe()}>")]
+        if not all(allowed.contains(v) for v in values):
+            each = "each value " if isinstance(value, list) else ""
+            shown = f"[{', '.join(map(_show, values))}]" if isinstance(value, list) else _show(value)
+            return [Problem(key, f"{shown} {each}must be {allowed.describe()}", allowed.fix(key))]
+    return []
+
+
+def raise_problems(problems: Sequence[Problem]) -> None:
+    """Raise ``ConfigError`` for these problems, if there are any."""
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_values(cfg: DictConfig) -> list[Problem]:
+    required = REQUIRED + TASK_REQUIRED.get(cfg.get("task"), ())
+    keys = dict.fromkeys([*TYPES, *CHOICES, *RANGES, *required])
+    problems = []
+    for key in keys:
+        try:
+            value = _get(cfg, key)
+        except InterpolationResolutionError:
+            if key in CHOICES or key in RANGES:
+                raise
+            continue  # e.g. ${hydra:...} outside the job (a launcher's check); composition typed it
+        if value is _ABSENT:
+            if key in required:
+                problems.append(
+                    Problem(key, "is not set", f"add {key}=<value> (or pick a config group that has it)")
+                )
+            continue
+        if value is not _MISSING:
+            problems.extend(value_problems(key, value))
     return problems
 
 
@@ -240,7 +406,7 @@ def _check_required(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
-def world_size(cfg: DictConfig) -> int:
+def planned_world_size(cfg: DictConfig) -> int:
     """Processes of the run: nodes x processes per node; under an outside launcher (torchrun run.py)
     the launcher's WORLD_SIZE."""
     from libra.launch import STARTED_BY_OUTSIDE_LAUNCHER
@@ -253,46 +419,43 @@ def world_size(cfg: DictConfig) -> int:
 # --- cross-field rules: each returns the problems it finds ----------------------------------------
 
 
-def _rule_batch_divisible(cfg: DictConfig) -> list[Problem]:
-    if cfg.task != "train":
+def batch_problems(global_batch_size: int, micro_batch_size: int, world_size: int) -> list[Problem]:
+    """global = micro x accumulation x world: a global batch that does not divide is refused, never
+    rounded (the pre-launch check and libra/train/deepspeed_config.py both ask here)."""
+    per_step = micro_batch_size * world_size
+    if global_batch_size % per_step == 0:
         return []
-    total, micro, world = cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size, world_size(cfg)
-    per_step = micro * world
-    if total % per_step == 0:
-        return []
-    nearest = max(per_step, round(total / per_step) * per_step)
+    nearest = max(per_step, round(global_batch_size / per_step) * per_step)
     return [
         Problem(
             "trainer.global_batch_size",
-            f"{total} is not a multiple of trainer.micro_batch_size ({micro}) x world size ({world})"
-            f" = {per_step}",
+            f"{global_batch_size} is not a multiple of trainer.micro_batch_size ({micro_batch_size}) x world"
+            f" size ({world_size}) = {per_step}",
             f"trainer.global_batch_size={nearest}  (or another multiple of {per_step})",
         )
     ]
 
 
-def _setting(cfg: DictConfig, key: str) -> Any:
-    """A schema key's value, or its schema default when the config leaves it out."""
-    value = _get(cfg, key)
-    return SCHEMA[key].default if value is _ABSENT else value
-
-
-def _rule_offload(cfg: DictConfig) -> list[Problem]:
-    ds = cfg.deepspeed
-    offload_param, offload_optimizer = (
-        _setting(cfg, "deepspeed.offload_param"),
-        _setting(cfg, "deepspeed.offload_optimizer"),
+def _rule_batch_divisible(cfg: DictConfig) -> list[Problem]:
+    if cfg.task != "train":
+        return []
+    return batch_problems(
+        cfg.trainer.global_batch_size, cfg.trainer.micro_batch_size, planned_world_size(cfg)
     )
+
+
+def offload_problems(stage: int, offload_optimizer: bool, offload_param: bool) -> list[Problem]:
+    """What ZeRO offload needs of the stage (the pre-launch check and ZeroSettings both ask here)."""
     problems = []
-    if offload_param and ds.stage != 3:
+    if offload_param and stage != 3:
         problems.append(
             Problem(
                 "deepspeed.offload_param",
-                f"parameter offload needs ZeRO-3, got deepspeed.stage={ds.stage}",
+                f"parameter offload needs ZeRO-3, got deepspeed.stage={stage}",
                 "deepspeed=zero3_offload  (or deepspeed.offload_param=false)",
             )
         )
-    if offload_optimizer and ds.stage == 0:
+    if offload_optimizer and stage == 0:
         problems.append(
             Problem(
                 "deepspeed.offload_optimizer",
@@ -301,6 +464,14 @@ def _rule_offload(cfg: DictConfig) -> list[Problem]:
             )
         )
     return problems
+
+
+def _rule_offload(cfg: DictConfig) -> list[Problem]:
+    def flag(name: str) -> Any:  # the ZeroSettings default when a hand-built config leaves it out
+        value = _get(cfg, f"deepspeed.{name}")
+        return getattr(config_schema.ZeroFields, name) if value is _ABSENT else value
+
+    return offload_problems(cfg.deepspeed.stage, flag("offload_optimizer"), flag("offload_param"))
 
 
 def _rule_launcher(cfg: DictConfig) -> list[Problem]:
@@ -449,6 +620,22 @@ def _rule_checkpoint_shapes(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _rule_lora_freezes_the_base(cfg: DictConfig) -> list[Problem]:
+    """finetune=lora freezes the whole base and trains only adapters (libra/train/lora.py): stage 1's
+    freezing of the language half on top would be silently moot."""
+    lora = _get(cfg, "finetune._target_") == "libra.train.lora.LoraFinetune"
+    if cfg.task != "train" or not lora or _get(cfg, "trainer.freeze_language") is not True:
+        return []
+    return [
+        Problem(
+            "trainer.freeze_language",
+            "is true with finetune=lora, which freezes the whole base and trains only its adapters",
+            "trainer.freeze_language=false, and pick the adapted layers with finetune.target_modules "
+            "(e.g. only the vision_* ones to leave the language model as it is)",
+        )
+    ]
+
+
 RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_batch_divisible,
     _rule_offload,
@@ -456,15 +643,15 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_task_inputs,
     _rule_precision,
     _rule_checkpoint_shapes,
+    _rule_lora_freezes_the_base,
 ]
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming every problem of ``cfg``; return None when it can run."""
-    problems = _check_schema(cfg)
+    problems = _check_values(cfg)
     if not problems:  # the rules assume well-typed values
         problems = _check_required(cfg)
         for rule in RULES:
             problems.extend(rule(cfg))
-    if problems:
-        raise ConfigError(problems)
+    raise_problems(problems)

@@ -25,9 +25,9 @@ from openai import OpenAI
 from PIL import Image
 from skimage import data
 
+from libra.pretrained import load_pretrained
 from libra.serve.app import ServeSettings, build_app, start_background_server
 from libra.serve.batching import BatchingEngine
-from libra.tasks.loading import load_pretrained
 from libra.tokenizer.processor import LibraProcessor
 from libra.train.models import tiny_libra
 

@@ -135,43 +135,70 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+class MemoryProbe:
+    """What one step holds: `saved_tensors()` counts the bytes autograd keeps for backward (parameters
+    excluded) inside its block; `start()` / `peak()` bracket the step's peak memory (GPU: allocated;
+    CPU: resident set, only when this process holds nothing else, `isolated`)."""
+
+    def __init__(self, model, device, isolated: bool):
+        self.params = {p.data_ptr() for p in model.parameters()}
+        self.device, self.isolated = device, isolated
+        self.saved: dict[int, int] = {}
+        self.base = 0
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def saved_tensors(self):
+        import torch
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.params:
+                self.saved[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        return torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(self.saved.values())
+
+    def start(self) -> None:
+        import torch
+
+        self.sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = rss_bytes()
+
+    def peak(self) -> int | None:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated() - self.base
+        if self.isolated:
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
+        return None
+
+
 def measure(name, model, batch, device, steps: int, isolated: bool) -> dict:
     """One round of one (model, shape): a warm-up step (also counts the saved tensors), then `steps`
     timed steps. Peak memory on the CPU only when this process holds nothing else (`isolated`)."""
-    import torch
-
     run = step_fn(name, model, batch)
-    params = {p.data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in params:
-            saved[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = rss_bytes()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    probe = MemoryProbe(model, device, isolated)
+    probe.start()
+    with probe.saved_tensors():
         loss = run()
     loss.backward()
     del loss
-    times = time_calls(lambda: run().backward(), steps, sync).values
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    elif isolated:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    else:
-        peak = None
-    return {"step_s": statistics.median(times), "peak_bytes": peak, "saved_bytes": sum(saved.values())}
+    times = time_calls(lambda: run().backward(), steps, probe.sync).values
+    return {"step_s": statistics.median(times), "peak_bytes": probe.peak(), "saved_bytes": probe.saved_bytes}
 
 
 def prepare(name, cfg, device, dtype):
@@ -318,15 +345,11 @@ def print_summary(summary: dict, args) -> None:
             )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parse_step_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The options every training-step script shares (this one, perf/lora.py), then parse."""
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], help="default: fp32 on cpu, bf16 on cuda")
     parser.add_argument("--dims", choices=sorted(DIMS), help="default: small on cpu, 7b-4layers on cuda")
-    parser.add_argument("--shapes", default="ab", help="which of the shapes a, b to run")
-    parser.add_argument("--models", default="ours,naive,llama")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are median [range] over them")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per round after one warm-up")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
@@ -342,6 +365,16 @@ def main() -> None:
     args = parser.parse_args()
     args.dtype = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
     args.dims = args.dims or ("small" if args.device == "cpu" else "7b-4layers")
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", default="ab", help="which of the shapes a, b to run")
+    parser.add_argument("--models", default="ours,naive,llama")
+    args = parse_step_args(parser)
     if args.worker:
         print(json.dumps(worker(args)))
         return

@@ -30,7 +30,7 @@ def _task_config(tmp_path: Path, **values):
 
 def test_readme_snippet_answers_like_task_chat(tiny_export, photo, tmp_path):
     from libra import LibraForCausalLM, LibraProcessor
-    from libra.tasks.chat import chat
+    from libra.inference.chat import chat
 
     # the README snippet, verbatim but for the folder and the image
     folder, image = tiny_export, Image.open(photo)
@@ -53,7 +53,7 @@ def test_readme_snippet_answers_like_task_chat(tiny_export, photo, tmp_path):
 
 def test_text_to_image_gives_the_image_task_generate_writes(tiny_export, tmp_path):
     from libra import LibraForCausalLM, LibraProcessor
-    from libra.tasks.generate import generate
+    from libra.inference.generate import generate_images
 
     model = LibraForCausalLM.from_pretrained(tiny_export)
     processor = LibraProcessor.from_pretrained(tiny_export)
@@ -61,7 +61,7 @@ def test_text_to_image_gives_the_image_task_generate_writes(tiny_export, tmp_pat
     out = model.generate(**inputs, max_new_tokens=processor.vocab.tokens_per_image - 1)
     (images,) = processor.batch_decode_images(out, prompt_length=inputs["input_ids"].shape[-1])
 
-    (png,) = generate(_task_config(tmp_path, checkpoint=str(tiny_export), prompt="a red circle"))
+    (png,) = generate_images(_task_config(tmp_path, checkpoint=str(tiny_export), prompt="a red circle"))
     assert len(images) == 1 and images[0].size == (56, 56) and images[0].mode == "RGB"
     assert np.array_equal(np.asarray(images[0]), np.asarray(Image.open(png)))
 
@@ -109,7 +109,7 @@ def test_auto_classes_and_run_dirs_load_the_checkpoint(tiny_export, tmp_path):
 
 
 def test_libra_names_the_api_classes_and_nothing_else():
-    """(That `import libra` itself loads no torch is tests/test_layering.py's.)"""
+    """`import libra` gives the two API classes (libra/api.py); other names raise AttributeError."""
     import libra
     import libra.model
     import libra.tokenizer.processor

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig, logger=None, step: int = 0) -> dict[str, float]:
     own_logger = build_logger(cfg, run_dir) if logger is None else contextlib.nullcontext(logger)
     with own_logger as logger:
         for name, task in tasks.items():
-            scores, rows = run_task(name, task, model, processor, run_dir / name)
+            scores, rows = run_benchmark_task(name, task, model, processor, run_dir / name)
             if world()[0] != 0:
                 continue
             logged = {f"benchmark/{name}/{k}": float(v) for k, v in scores.items()}
@@ -74,7 +74,9 @@ def evaluate(cfg: DictConfig, logger=None, step: int = 0) -> dict[str, float]:
 # ------------------------------------------------------------------------------------- tasks
 
 
-def run_task(name: str, task, model, processor, out_dir: Path) -> tuple[dict[str, float], list[list]]:
+def run_benchmark_task(
+    name: str, task, model, processor, out_dir: Path
+) -> tuple[dict[str, float], list[list]]:
     """Generate for the missing items of this rank's shard, gather, score on rank 0.
 
     Returns (headline scores, table rows) on rank 0 and ({}, []) elsewhere.

@@ -36,6 +36,7 @@ class DataBatch:
     num_slots: int | None = None  # ranks x workers of the stream, when the items came from one
     next_starts: dict[int, tuple] = field(default_factory=dict)  # slot -> where its next epoch starts
     truncated: int = 0  # samples the processor cut to its max_length
+    text_to_image: int = 0  # samples with task="t2i" among the good ones (caption -> image targets)
 
 
 class ReaderCollator:
@@ -67,9 +68,11 @@ class ReaderCollator:
                 samples = self._accepted(samples, skipped)
                 inputs = self.processor(samples) if samples else None
         truncated = int(getattr(inputs, "truncated", 0))  # a TextBatch counts its cut samples
+        text_to_image = sum(getattr(sample, "task", None) == "t2i" for sample in samples)
         return DataBatch(
-            inputs, len(samples), len(items), dict(skipped), positions, num_slots, next_starts, truncated
-        )
+            inputs, len(samples), len(items), dict(skipped), positions, num_slots, next_starts, truncated,
+            text_to_image,
+        )  # fmt: skip
 
     def _accepted(self, samples: list, skipped: SkipCounter) -> list:
         kept = []
@@ -101,6 +104,7 @@ class ReaderState:
         self.stream_next: dict[int, list] = {}
         self.skipped = SkipCounter()
         self.truncated = 0
+        self.text_to_image = 0
 
     def start_epoch(self, epoch: int) -> None:
         """The next epoch: a stream goes on where each of its slots stopped in the last one."""
@@ -111,6 +115,7 @@ class ReaderState:
         self.drawn += batch.drawn
         self.skipped.update(batch.skipped)
         self.truncated += batch.truncated
+        self.text_to_image += batch.text_to_image
         self.num_slots = batch.num_slots or self.num_slots
         for slot, cursor in batch.next_starts.items():
             self.stream_next[slot] = list(cursor)
@@ -137,6 +142,7 @@ class ReaderState:
             "stream_next": {slot: list(cursor) for slot, cursor in self.stream_next.items()},
             "skipped": dict(self.skipped),
             "truncated": self.truncated,
+            "text_to_image": self.text_to_image,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -148,3 +154,4 @@ class ReaderState:
         self.stream_next = {int(slot): list(c) for slot, c in state.get("stream_next", {}).items()}
         self.skipped = SkipCounter(state["skipped"])
         self.truncated = int(state.get("truncated", 0))
+        self.text_to_image = int(state.get("text_to_image", 0))  # absent in older checkpoints

@@ -20,7 +20,7 @@ from libra.tokenizer.captions import CaptionCleaner
 from libra.tokenizer.samples import CaptionSample
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_ERRORS, image_fault, open_image_file, preprocess
-from .json_records import PackedRecords, read_json
+from .json_records import PackedRecords, read_annotation_json
 from .skips import Skipped, skip
 
 _TRAILING_NUMBER = re.compile(r"(\d+)\.\w+$")
@@ -49,7 +49,7 @@ def karpathy_to_coco_ground_truth(annotation_file: str | Path) -> dict:
     """COCO caption ground truth (``images`` + ``annotations``) built from a Karpathy json, with the
     image ids ``KarpathyCaptions`` puts in its sample keys. References are kept raw: the metric
     code does its own (PTB) tokenisation."""
-    entries = read_json(annotation_file, "Karpathy caption")
+    entries = read_annotation_json(annotation_file, "Karpathy caption")
     images, annotations = [], []
     for index, entry in enumerate(entries):
         try:
@@ -89,7 +89,7 @@ class KarpathyCaptions(Dataset):
         strip_html: bool = False,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,  # larger images are skipped, counted
     ):
-        entries = read_json(annotation_file, "Karpathy caption")
+        entries = read_annotation_json(annotation_file, "Karpathy caption")
         if not isinstance(entries, list):
             raise ValueError(f"Karpathy caption file {annotation_file} must hold a json list of entries")
         entries = entries[:sample_n] if sample_n is not None else entries

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 
-def read_json(path: str | Path, what: str) -> Any:
+def read_annotation_json(path: str | Path, what: str) -> Any:
     """Parse a json file; a missing or unparsable file is a configuration error naming the file."""
     path = Path(path)
     if not path.is_file():

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from libra.tokenizer.samples import ConversationSample, Turn
 
 from .images import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_ERRORS, image_fault, open_image_file, preprocess
-from .json_records import PackedRecords, read_json
+from .json_records import PackedRecords, read_annotation_json
 from .skips import Skipped, skip
 
 IMAGE_TAG = "<image>"
@@ -58,7 +58,7 @@ class LlavaInstructions(Dataset):
         image_token_count: int = 578,  # tokens one image takes in the sequence, for ``lengths``
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,  # larger images are skipped, counted
     ):
-        entries = read_json(annotation_file, "LLaVA instruction")
+        entries = read_annotation_json(annotation_file, "LLaVA instruction")
         if not isinstance(entries, list):
             raise ValueError(f"LLaVA instruction file {annotation_file} must hold a json list of entries")
         self.annotation_file = annotation_file

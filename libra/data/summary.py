@@ -134,7 +134,7 @@ def _displayable(image: Any) -> np.ndarray:
     return (pixels - low) / max(high - low, 1e-6)
 
 
-def main(argv: list[str]) -> None:
+def summarize_data_cli(argv: list[str]) -> None:
     """Summarise every reader of the synthetic dataset in ``CACHE_DIR`` into ``OUT_DIR/<reader>``."""
     from .synthetic_readers import synthetic_captions, synthetic_instructions, synthetic_laion, synthetic_vqa
 
@@ -152,4 +152,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    summarize_data_cli(sys.argv[1:])

@@ -25,16 +25,15 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import random
-import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import webdataset as wds
+
+from libra.durable_files import build_folder_once
 
 from .coco_karpathy import karpathy_to_coco_ground_truth
 from .shapes_scene import QA, all_questions, captions, draw_scene, human_answers, sample_scene
@@ -126,16 +125,7 @@ def synthetic_dataset(cache_dir: str | Path, **params: Any) -> SyntheticLayout:
     if min(config.count(split) for split in SPLITS) < 1 or config.image_size < 8:
         raise ValueError(f"synthetic dataset: every split needs >= 1 image and image_size >= 8, got {config}")
     folder = Path(cache_dir) / f"synthetic-shapes-{config.fingerprint()}"
-    if not (folder / "meta.json").is_file():
-        temporary = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            _write_dataset(temporary, config)
-            os.rename(temporary, folder)
-        except OSError:
-            if not (folder / "meta.json").is_file():  # not just another rank finishing first
-                raise
-        finally:
-            shutil.rmtree(temporary, ignore_errors=True)
+    build_folder_once(folder, "meta.json", lambda tmp: _write_dataset(tmp, config))
     return SyntheticLayout(folder, config)
 
 

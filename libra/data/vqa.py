@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from libra.tokenizer.samples import VQASample
 
 from .images import IMAGE_ERRORS, image_fault, open_image_file, preprocess
-from .json_records import PackedRecords, read_json
+from .json_records import PackedRecords, read_annotation_json
 from .skips import Skipped, skip
 
 Record = tuple[int | str, str, str, list[str]]  # question id, question, image file, answers
@@ -74,12 +74,13 @@ class VQAv2Questions(_QuestionFile):
         image_name: str = "COCO_val2014_{image_id:012d}.jpg",
         image_transform: Callable[[Image.Image], Any] | None = None,
     ):
-        questions = _list_field(read_json(questions_file, "VQA questions"), "questions")
+        questions = _list_field(read_annotation_json(questions_file, "VQA questions"), "questions")
         if questions is None:
             raise ValueError(f"VQA questions file {questions_file} has no 'questions' list")
         answers: dict[int, list[str]] = {}
         if annotations_file is not None:
-            annotations = _list_field(read_json(annotations_file, "VQA annotations"), "annotations")
+            loaded = read_annotation_json(annotations_file, "VQA annotations")
+            annotations = _list_field(loaded, "annotations")
             if annotations is None:
                 raise ValueError(f"VQA annotations file {annotations_file} has no 'annotations' list")
             answers = {a["question_id"]: [x["answer"] for x in a["answers"]] for a in annotations}
@@ -104,7 +105,7 @@ class TextVQAQuestions(_QuestionFile):
         image_name: str = "{image_id}.jpg",
         image_transform: Callable[[Image.Image], Any] | None = None,
     ):
-        data = _list_field(read_json(annotation_file, "TextVQA"), "data")
+        data = _list_field(read_annotation_json(annotation_file, "TextVQA"), "data")
         if data is None:
             raise ValueError(f"TextVQA file {annotation_file} has no 'data' list")
         records = [
@@ -124,7 +125,7 @@ class VizWizQuestions(_QuestionFile):
         image_root: str,
         image_transform: Callable[[Image.Image], Any] | None = None,
     ):
-        data = read_json(annotation_file, "VizWiz")
+        data = read_annotation_json(annotation_file, "VizWiz")
         if not isinstance(data, list):
             raise ValueError(f"VizWiz file {annotation_file} must hold a json list")
         records = [
@@ -143,7 +144,7 @@ class GQAQuestions(_QuestionFile):
         image_name: str = "{image_id}.jpg",
         image_transform: Callable[[Image.Image], Any] | None = None,
     ):
-        data = read_json(questions_file, "GQA questions")
+        data = read_annotation_json(questions_file, "GQA questions")
         if not isinstance(data, dict):
             raise ValueError(
                 f"GQA questions file {questions_file} must hold a json object keyed by question id"

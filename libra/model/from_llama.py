@@ -62,7 +62,7 @@ def libra_config_from_llama(folder: str | Path, **config_overrides) -> LibraConf
     return LibraConfig(**{**base, **config_overrides})
 
 
-def libra_from_llama(cls, folder: str | Path, dtype: torch.dtype | None = None, **config_overrides):
+def load_llama_as_libra(cls, folder: str | Path, dtype: torch.dtype | None = None, **config_overrides):
     """Load `cls` (LibraForCausalLM) with LLaMA weights in the language half and fresh vision weights."""
     config = libra_config_from_llama(folder, **config_overrides)
     kwargs = {"dtype": dtype} if dtype is not None else {}

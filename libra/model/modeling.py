@@ -102,6 +102,9 @@ class LowRankGroups(nn.Module):
 
     def low_rank_group(self, name: str, x: torch.Tensor, layers: list["LibraLinear"]) -> list[torch.Tensor]:
         """[layer(x) for layer in layers], the A factors as one GEMM; no work at all for zero rows."""
+        if any(type(layer) is not LibraLinear for layer in layers):
+            # replaced by a LoRA-adapted copy (libra/train/lora.py): only its own forward adds the adapters
+            return [layer(x) for layer in layers]
         if x.shape[0] == 0:  # e.g. no image token in a decoding step: not even the stack is needed
             return [x.new_zeros(0, layer.weight_B.shape[0]) for layer in layers]
         ranks = [layer.weight_A.shape[0] for layer in layers]
@@ -932,6 +935,6 @@ class LibraForCausalLM(LibraPreTrainedModel):
     @classmethod
     def from_llama(cls, folder, dtype: torch.dtype | None = None, **config_overrides) -> "LibraForCausalLM":
         """Stage-1 model from a LLaMA-2 HF folder; see `libra.model.from_llama`."""
-        from .from_llama import libra_from_llama
+        from .from_llama import load_llama_as_libra
 
-        return libra_from_llama(cls, folder, dtype=dtype, **config_overrides)
+        return load_llama_as_libra(cls, folder, dtype=dtype, **config_overrides)

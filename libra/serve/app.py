@@ -1,4 +1,4 @@
-"""`task=serve`: an OpenAI-compatible HTTP server for a Libra checkpoint (FastAPI + uvicorn).
+"""The OpenAI-compatible HTTP app of `task=serve` (FastAPI; ``server.py`` loads the model and runs it).
 
     python run.py task=serve checkpoint=<any checkpoint> serve.port=8000
     python run.py task=serve checkpoint=<folder> serve.host=0.0.0.0 serve.allow_local_paths=true
@@ -25,7 +25,6 @@ import contextlib
 import hmac
 import io
 import json
-import os
 import threading
 import time
 import uuid
@@ -35,7 +34,6 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from omegaconf import DictConfig
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -61,7 +59,6 @@ from .protocol import (
     Usage,
 )
 
-API_KEY_ENV = "LIBRA_SERVE_API_KEY"  # the key without writing it into the run dir's config.yaml
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 # Image codes are drawn, not picked greedily, unless the request says temperature=0: greedy decoding
 # would draw the same image n times.
@@ -78,34 +75,6 @@ class ServeSettings:
     max_images: int = 4
     default_max_tokens: int = 64  # when a request names no max_tokens
     default_temperature: float = 0.0  # when a request names no temperature: greedy
-
-
-def serve(cfg: DictConfig) -> None:
-    """Load ``cfg.checkpoint`` and serve it on ``cfg.serve.host:cfg.serve.port`` until interrupted."""
-    import uvicorn
-
-    from libra.tasks.loading import inference_device, load_pretrained
-
-    options = cfg.serve
-    device = inference_device()
-    model, processor = load_pretrained(cfg.checkpoint, device)
-    settings = ServeSettings(
-        model_name=options.model_name,
-        api_key=options.api_key or os.environ.get(API_KEY_ENV) or None,
-        allow_local_paths=options.allow_local_paths,
-        max_images=options.max_images,
-        default_max_tokens=cfg.max_new_tokens,
-        default_temperature=cfg.temperature,
-    )
-    engine = BatchingEngine(model, processor, options.max_batch_size, options.batch_window_ms / 1000)
-    app = build_app(engine, settings)
-    key_note = "API key required" if settings.api_key else "no API key"
-    print(
-        f"[serve] {settings.model_name}: OpenAI API on http://{options.host}:{options.port}/v1 ({key_note}, "
-        f"batches of up to {options.max_batch_size}, {options.batch_window_ms} ms window)",
-        flush=True,
-    )
-    uvicorn.run(app, host=options.host, port=options.port, log_level="info")
 
 
 @dataclass

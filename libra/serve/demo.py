@@ -14,6 +14,8 @@ import os
 
 from omegaconf import DictConfig
 
+from libra.pretrained import default_device, load_pretrained
+
 from .batching import BatchingEngine, Delta, Failed, RequestError, Sampling
 
 IMAGE_TEMPERATURE = 1.0  # the text-to-image tab's default: greedy decoding would draw one image per prompt
@@ -21,10 +23,8 @@ IMAGE_TEMPERATURE = 1.0  # the text-to-image tab's default: greedy decoding woul
 
 def demo(cfg: DictConfig) -> None:
     """Load ``cfg.checkpoint`` and serve the app on ``cfg.serve.host:cfg.serve.port`` until interrupted."""
-    from libra.tasks.loading import inference_device, load_pretrained
-
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
-    device = inference_device()
+    device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
     engine = BatchingEngine(model, processor, cfg.serve.max_batch_size, cfg.serve.batch_window_ms / 1000)
     app = build_demo(engine, cfg.max_new_tokens, cfg.temperature)

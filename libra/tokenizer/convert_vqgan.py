@@ -37,11 +37,11 @@ def convert(folder: str | Path) -> None:
     model.save_pretrained(folder, keep)
 
 
-def main() -> None:
+def convert_vqgan_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="checkpoint folder holding vision_tokenizer_config.yaml")
     convert(parser.parse_args().folder)
 
 
 if __name__ == "__main__":
-    main()
+    convert_vqgan_cli()

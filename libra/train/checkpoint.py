@@ -14,7 +14,10 @@ schedule; the final save of a resumed, finished run) sets the old copy aside unt
 in (``libra.durable_files.replace_folder``). A folder is a checkpoint only when its manifest matches
 its files, so a kill at any moment leaves the newest complete checkpoint findable, and
 ``resume=auto`` says which folders it passed over and why. No checkpoint is written whose weights
-are not all finite.
+are not all finite. A ``finetune=lora`` run saves only the trainable tensors (the adapters and their
+optimizer state; libra/train/lora.py) and notes its settings and a checksum of its base in the
+manifest; resuming it re-reads the base from ``model.init_from`` and refuses another base or other
+adapter settings before loading anything.
 
 Loading runs no code from the folder: the train state is read with ``weights_only=True``, and
 DeepSpeed's own reads (``torch.load(weights_only=False)`` inside ``engine.load_checkpoint``) are
@@ -51,6 +54,7 @@ from libra.durable_files import (
 from libra.safe_load import safe_torch_load, safe_unpickling
 
 from .guard import NonFiniteWeights, weights_finite
+from .lora import FULL, Finetune, resume_problems
 from .state import TrainState
 
 __all__ = [
@@ -139,8 +143,11 @@ def newest_good_checkpoint(run_dir: str | Path) -> Path | None:
     return good[-1] if good else None
 
 
-def save_checkpoint(engine, state: TrainState, run_dir: str | Path, keep_last: int) -> Path:
-    """Write engine + train state for `state.step`, then prune (every rank calls)."""
+def save_checkpoint(
+    engine, state: TrainState, run_dir: str | Path, keep_last: int, finetune: Finetune = FULL
+) -> Path:
+    """Write engine + train state for `state.step`, then prune (every rank calls). A LoRA run
+    (`finetune.adapters_only`) writes the trainable tensors only."""
     if not weights_finite(engine):
         raise NonFiniteWeights(f"refusing to write checkpoint step {state.step}: some weights are not finite")
     root = checkpoint_root(run_dir)
@@ -152,12 +159,21 @@ def save_checkpoint(engine, state: TrainState, run_dir: str | Path, keep_last: i
     distributed.barrier()
     # DeepSpeed writes <save_dir>/<tag>/...; `save_latest=False`: we find the newest ourselves, and a
     # `latest` file would point at the temporary name.
-    engine.save_checkpoint(str(root), tag=tmp.name, save_latest=False)
+    engine.save_checkpoint(
+        str(root), tag=tmp.name, save_latest=False, exclude_frozen_parameters=finetune.adapters_only
+    )
     torch.save(state.state_dict(), tmp / f"train_state_rank{distributed.rank()}.pt")
     fsync_tree(tmp)  # each rank flushes what it wrote (fsync of another node's file is a no-op)
     distributed.barrier()
     if distributed.is_main():
-        write_manifest(tmp, step=state.step, world_size=distributed.world_size(), bad_streak=state.bad_streak)
+        write_manifest(
+            tmp,
+            step=state.step,
+            world_size=distributed.world_size(),
+            bad_streak=state.bad_streak,
+            adapters_only=finetune.adapters_only,  # read by libra/pretrained.py: not a model on its own
+            finetune=finetune.record(),
+        )
         replace_folder(tmp, final)
         prune(run_dir, keep_last)
     distributed.barrier()
@@ -182,13 +198,17 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def load_checkpoint(engine, state: TrainState, checkpoint: str | Path) -> None:
-    """Restore engine (weights, optimizer, scheduler) and this rank's train state (incl. RNG)."""
+def load_checkpoint(engine, state: TrainState, checkpoint: str | Path, finetune: Finetune = FULL) -> None:
+    """Restore engine (weights, optimizer, scheduler) and this rank's train state (incl. RNG). A LoRA
+    checkpoint restores the adapters over the base the model was built with, which must be its own."""
     checkpoint = Path(checkpoint)
     try:
         manifest = read_manifest(checkpoint)
     except IncompleteFolder as err:
         raise FileNotFoundError(f"cannot resume from {checkpoint}: {err}") from None
+    problems = resume_problems(manifest.get("finetune", FULL.record()), finetune.record())  # older: full
+    if problems:
+        raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
     state_file = checkpoint / f"train_state_rank{distributed.rank()}.pt"
     if not state_file.is_file():
         raise FileNotFoundError(
@@ -202,6 +222,8 @@ def load_checkpoint(engine, state: TrainState, checkpoint: str | Path) -> None:
             tag=checkpoint.name,
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
+            # the frozen base is not in an adapters-only checkpoint (its settings were compared above)
+            load_module_strict=not finetune.adapters_only,
         )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {checkpoint}")

@@ -13,33 +13,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-PRECISIONS = ("fp32", "bf16")
+from libra.config_schema import ZeroFields
+from libra.validation import batch_problems, offload_problems, raise_problems, value_problems
 
 
 @dataclass
-class ZeroSettings:
-    """What differs between the DeepSpeed set-ups; the batch/precision/clipping come from the trainer."""
-
-    stage: int = 0  # 0: plain data parallel, 2: shard optimizer + grads, 3: shard parameters too
-    offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-2/3)
-    offload_param: bool = False  # parameters on the CPU between uses (ZeRO-3 only)
-    overlap_comm: bool = False  # overlap gradient reduction with backward; more memory
-    contiguous_gradients: bool = True  # copy grads into one buffer as they are produced (less fragmentation)
-    reduce_bucket_size: int = 200_000_000  # elements per all-reduce/reduce-scatter bucket
-    allgather_bucket_size: int = 200_000_000  # ZeRO-2 parameter all-gather bucket
-    stage3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameters fetched ahead of use
-    stage3_param_persistence_threshold: int = 100_000  # ZeRO-3: smaller params stay unsharded
-    stage3_max_live_parameters: int = 1_000_000_000
-    stage3_max_reuse_distance: int = 1_000_000_000
-    pin_memory: bool = True  # pinned CPU buffers for offload (faster H2D copies)
+class ZeroSettings(ZeroFields):
+    """What differs between the DeepSpeed set-ups; the batch/precision/clipping come from the trainer.
+    The fields and their defaults are the schema's (libra/config_schema.py ``ZeroFields``), the rules
+    libra/validation.py's: a bad value is refused here with the message of the pre-launch check."""
 
     def __post_init__(self) -> None:
-        if self.stage not in (0, 1, 2, 3):
-            raise ValueError(f"deepspeed.stage={self.stage}: use 0, 1, 2 or 3.")
-        if self.offload_optimizer and self.stage == 0:
-            raise ValueError("deepspeed.offload_optimizer=true needs deepspeed.stage>=1 (ZeRO-Offload).")
-        if self.offload_param and self.stage != 3:
-            raise ValueError("deepspeed.offload_param=true needs deepspeed.stage=3.")
+        raise_problems(
+            value_problems("deepspeed.stage", self.stage)
+            + offload_problems(self.stage, self.offload_optimizer, self.offload_param)
+        )
 
     def zero_block(self) -> dict:
         """The `zero_optimization` section of the JSON."""
@@ -70,15 +58,10 @@ class ZeroSettings:
 
 
 def gradient_accumulation_steps(global_batch_size: int, micro_batch_size: int, world_size: int) -> int:
-    """global = micro x accumulation x world; refuse sizes that do not divide (no silent rounding)."""
-    per_step = micro_batch_size * world_size
-    if global_batch_size % per_step:
-        raise ValueError(
-            f"trainer.global_batch_size={global_batch_size} is not a multiple of "
-            f"trainer.micro_batch_size ({micro_batch_size}) x world size ({world_size}) = {per_step}; "
-            f"pick a global batch divisible by {per_step}."
-        )
-    return global_batch_size // per_step
+    """global = micro x accumulation x world; sizes that do not divide raise ``ConfigError`` (a
+    ValueError), never round."""
+    raise_problems(batch_problems(global_batch_size, micro_batch_size, world_size))
+    return global_batch_size // (micro_batch_size * world_size)
 
 
 def deepspeed_config(
@@ -89,11 +72,10 @@ def deepspeed_config(
     precision: str,
     grad_clip: float,
 ) -> dict:
-    """The complete DeepSpeed JSON; every value explicit."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"trainer.precision={precision!r}: use one of {PRECISIONS}.")
-    if grad_clip <= 0:
-        raise ValueError(f"trainer.grad_clip={grad_clip}: must be > 0 (clipping is on in every stage).")
+    """The complete DeepSpeed JSON; every value explicit (bad values raise ``ConfigError``)."""
+    raise_problems(
+        value_problems("trainer.precision", precision) + value_problems("trainer.grad_clip", grad_clip)
+    )
     config = {
         "train_batch_size": global_batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_size,

@@ -17,6 +17,7 @@ On demand while training: `touch <run dir>/EXPORT_NOW`; at the next step the rec
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -25,8 +26,10 @@ import torch.distributed as dist
 
 from libra import distributed
 from libra.durable_files import TMP_SUFFIX, fsync_tree, replace_folder, write_manifest
+from libra.pretrained import TRAINING_RECORD
 
 from .guard import NonFiniteWeights, weights_finite
+from .lora import FULL, Finetune
 
 EXPORT_REQUEST = "EXPORT_NOW"
 
@@ -55,8 +58,15 @@ def gathered_state_dict(engine) -> dict[str, torch.Tensor] | None:
     return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
 
 
-def export_pretrained(engine, processor, out_dir: str | Path) -> Path:
-    """Write model + processor to `out_dir` (all ranks call; rank 0 writes). Returns the folder."""
+def export_pretrained(
+    engine, processor, out_dir: str | Path, finetune: Finetune = FULL, record: dict | None = None
+) -> Path:
+    """Write model + processor to `out_dir` (all ranks call; rank 0 writes). Returns the folder.
+
+    `record` (the recipe's `training_record`) goes to `training.json` beside the weights: the tasks that
+    load the export read what trained it from there (libra/pretrained.py `read_training_record`).
+    A LoRA run (`finetune=lora`) writes its adapters merged into the base: the same layout and names
+    as a full finetune's export (libra/train/lora.py)."""
     out_dir = Path(out_dir)
     if not weights_finite(engine):
         raise NonFiniteWeights(f"refusing to write the export {out_dir}: some weights are not finite")
@@ -64,10 +74,12 @@ def export_pretrained(engine, processor, out_dir: str | Path) -> Path:
     state = gathered_state_dict(engine)
     if distributed.is_main():
         shutil.rmtree(tmp, ignore_errors=True)
-        model = engine.module
+        model, state = finetune.export_state(engine.module, state)
         # Only the names the model declares: buffers that are not persistent never reach the file.
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         processor.save_pretrained(tmp)
+        if record is not None:
+            (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         fsync_tree(tmp)
         write_manifest(tmp)
         replace_folder(tmp, out_dir)

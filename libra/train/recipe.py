@@ -28,14 +28,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import deepspeed
 import torch
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, IterableDataset
-from tqdm import tqdm
 
 from libra import distributed
 from libra.data.batching import DataBatch, ReaderCollator, ReaderState
@@ -43,7 +42,7 @@ from libra.data.samplers import ResumableSampler
 from libra.distributed import init_process_group, main_rank_first
 from libra.exit_codes import NON_FINITE, PREEMPTED, RunStopped, clear_stop_record, write_stop_record
 from libra.model.flops import training_flops_per_token
-from libra.pretrained import save_model_files
+from libra.pretrained import read_training_record, save_model_files
 from libra.tracking import MetricLogger, build_logger
 
 from .baselines import baseline_table
@@ -51,19 +50,106 @@ from .checkpoint import load_checkpoint, newest_good_checkpoint, resolve_resume,
 from .deepspeed_config import deepspeed_config, write_deepspeed_config
 from .export import export_pretrained, export_requested
 from .guard import UpdateGate
+from .lora import Finetune
 from .models import check_model_matches_processor
 from .optim import freeze_language
 from .preemption import StopSignals, requeue_slurm_job, resume_setting
+from .progress import TrainProgress
 from .state import TrainState, seed_everything
+
+
+@dataclass
+class TrainRun:
+    """What `set_up` builds and the loop and the save step use: one training run of this process."""
+
+    cfg: DictConfig
+    run_dir: Path
+    rank: int
+    world_size: int
+    processor: Any  # LibraProcessor
+    finetune: Finetune  # every weight, or LoRA adapters (conf/finetune, lora.py)
+    model: Any  # LibraForCausalLM; after `drop_training_copy` None, like the four below
+    engine: Any  # deepspeed.DeepSpeedEngine around `model`
+    optimizer: Any
+    scheduler: Any
+    gate: UpdateGate | None  # refuses the update of a non-finite step
+    train_set: Any
+    val_set: Any | None
+    sampler: ResumableSampler | None  # map-style sets; a stream (LAION shards) resumes itself
+    loader: DataLoader
+    reader: ReaderState  # where the data stands, as of the batches actually used
+    state: TrainState
+    logger: MetricLogger
+    saved_step: int | None  # the step of the newest checkpoint on disk (None: none yet)
+    base_record: dict | None  # the training record of `model.init_from` (None: fresh, or none kept)
+
+    @property
+    def position(self) -> Any:
+        """What holds the place in the training data: the sampler, or the stream itself."""
+        return self.sampler if self.sampler is not None else self.train_set
+
+    def drop_training_copy(self) -> None:
+        """Free the engine, optimizer and model: the end-of-run benchmark loads the export instead."""
+        self.engine = self.optimizer = self.scheduler = self.gate = self.model = None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train, checkpoint, export and benchmark; returns the final metrics (rank 0; {} elsewhere)."""
-    # ------------------------------------------------------------------ set-up
-    t = cfg.trainer
+    run = set_up(cfg)
+    with run.logger:  # finishes the W&B run; marked failed (exit code 1) if anything below raises
+        fit(run)
+        return save_and_score(run)
+
+
+# ---------------------------------------------------------------------- set-up
+
+
+def set_up(cfg: DictConfig) -> TrainRun:
+    """Process group, processor, model, data, DeepSpeed engine, resumed state and logger."""
     run_dir = Path(cfg.run_dir)
     rank, world_size = init_process_group()
     run_dir.mkdir(parents=True, exist_ok=True)  # the launcher made it already, unless called directly
+    finetune = instantiate(cfg.finetune)  # checks its settings before anything is loaded
+    processor, model = build_processor_and_model(cfg, run_dir, rank, finetune)
+    train_set = instantiate(cfg.data.train)
+    val_set = instantiate(cfg.data.val) if cfg.data.get("val") is not None else None
+    sampler = None
+    if not isinstance(train_set, IterableDataset):  # streams (LAION shards) resume themselves
+        sampler = ResumableSampler(train_set, shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.trainer.micro_batch_size,
+        sampler=sampler,
+        collate_fn=ReaderCollator(processor.collator),  # tokenises in the workers; counts skipped samples
+        num_workers=cfg.trainer.num_workers,
+    )
+    engine, optimizer, scheduler = build_engine(cfg, model, run_dir, rank, world_size)
+    processor.to(engine.device)  # the frozen vision tokenizer runs inside the step, next to the model
+    state, reader = TrainState(), ReaderState()
+    resumed = resume_or_seed(cfg, run_dir, engine, state, reader, sampler or train_set, rank, finetune)
+    # rows metrics.jsonl holds beyond this step come from an interrupted earlier run: dropped
+    logger = build_logger(cfg, run_dir, resume_id=state.wandb_run_id, resume_step=state.step)
+    state.wandb_run_id = logger.run_id
+    if rank == 0:
+        clear_stop_record(run_dir)
+    return TrainRun(
+        cfg, run_dir, rank, world_size, processor, finetune, model, engine, optimizer, scheduler,
+        UpdateGate(engine, optimizer), train_set, val_set, sampler, loader, reader, state, logger,
+        saved_step=state.step if resumed else None, base_record=_base_record(cfg),
+    )  # fmt: skip
+
+
+def _base_record(cfg: DictConfig) -> dict | None:
+    init_from = OmegaConf.select(cfg, "model.init_from")
+    return read_training_record(init_from) if init_from else None
+
+
+def build_processor_and_model(
+    cfg: DictConfig, run_dir: Path, rank: int, finetune: Finetune
+) -> tuple[Any, Any]:
+    """The processor, then the model it shapes (stage 1 frozen or LoRA adapters, checkpointing and compile
+    as asked)."""
+    t = cfg.trainer
     with main_rank_first():  # a tokenizer or data set built on first use is built once, by rank 0
         processor = instantiate(cfg.tokenizer)
     # Seeded right before the model (building a processor may draw random numbers): the same initial
@@ -75,25 +161,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         save_model_files(model.config, processor, run_dir)
     if t.freeze_language:
         freeze_language(model)  # stage 1 (docs/design.md §7.1): only the visual expert and its heads learn
+    model = finetune.prepare(model)  # finetune=lora: frozen base + adapters; full: unchanged
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if t.compile:
         model.model.compile_layers()  # torch.compile each decoder layer (one graph each, no break)
-    train_set = instantiate(cfg.data.train)
-    val_set = instantiate(cfg.data.val) if cfg.data.get("val") is not None else None
+    return processor, model
 
-    # Map-style sets are ordered by a resumable sampler; streams (LAION shards) resume themselves.
-    sampler = None
-    if not isinstance(train_set, IterableDataset):
-        sampler = ResumableSampler(train_set, shuffle=True, seed=cfg.seed, rank=rank, world_size=world_size)
-    loader = DataLoader(
-        train_set,
-        batch_size=t.micro_batch_size,
-        sampler=sampler,
-        collate_fn=ReaderCollator(processor.collator),  # tokenises in the workers; counts skipped samples
-        num_workers=t.num_workers,
-    )
-    reader = ReaderState()  # where the data stands, as of the batches actually used
+
+def build_engine(cfg: DictConfig, model, run_dir: Path, rank: int, world_size: int) -> tuple[Any, Any, Any]:
+    """Optimizer, schedule and the DeepSpeed engine from the generated JSON (written to the run dir)."""
+    t = cfg.trainer
     optimizer = instantiate(cfg.optimizer)(model)
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=t.max_steps)
     ds_config = deepspeed_config(
@@ -106,131 +184,182 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if rank == 0:
         write_deepspeed_config(ds_config, run_dir)
+    import deepspeed  # here, not at the top: run.py --help and config errors need none of it (seconds)
+
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-    processor.to(engine.device)  # the frozen vision tokenizer runs inside the step, next to the model
+    return engine, optimizer, scheduler
 
-    state = TrainState()
-    checkpoint = resolve_resume(
-        resume_setting(cfg.resume, OmegaConf.select(cfg, "cluster.launcher")), run_dir
-    )
-    if checkpoint is not None:
-        load_checkpoint(engine, state, checkpoint)
-        reader.load_state_dict(state.data)
-        (sampler or train_set).load_state_dict(state.data)
-        print(f"[libra] resumed from {checkpoint} at step {state.step}", flush=True)
-    else:
+
+def resume_or_seed(cfg: DictConfig, run_dir: Path, engine, state: TrainState, reader: ReaderState,
+                   position, rank: int, finetune: Finetune) -> Path | None:  # fmt: skip
+    """Load the checkpoint `cfg.resume` names (engine, state, data position), else seed each rank apart;
+    returns the checkpoint loaded, or None."""
+    setting = resume_setting(cfg.resume, OmegaConf.select(cfg, "cluster.launcher"))
+    checkpoint = resolve_resume(setting, run_dir)
+    if checkpoint is None:
         seed_everything(cfg.seed + rank)  # from here on ranks draw different random numbers
-    # rows metrics.jsonl holds beyond this step come from an interrupted earlier run: dropped
-    logger = build_logger(cfg, run_dir, resume_id=state.wandb_run_id, resume_step=state.step)
-    state.wandb_run_id = logger.run_id
-    if rank == 0:
-        clear_stop_record(run_dir)
-    gate = UpdateGate(engine, optimizer)  # refuses the update of a non-finite step
-    peak_flops = t.peak_flops_per_device * world_size
-    accumulation = engine.gradient_accumulation_steps()
+        return None
+    load_checkpoint(engine, state, checkpoint, finetune)
+    reader.load_state_dict(state.data)
+    position.load_state_dict(state.data)
+    print(f"[libra] resumed from {checkpoint} at step {state.step}", flush=True)
+    return checkpoint
 
-    # ------------------------------------------------------------------ loop
-    batches = endless(loader, sampler or train_set, reader)
-    saved_step = state.step if checkpoint is not None else None  # the newest checkpoint on disk
-    progress = tqdm(
-        total=t.max_steps, initial=state.step, disable=rank != 0, desc="train", dynamic_ncols=True
-    )
-    engine.train()
+
+# ---------------------------------------------------------------------- loop
+
+
+def fit(run: TrainRun) -> None:
+    """Optimizer steps up to `trainer.max_steps`; after each, what the config asks (`after_step`)."""
+    batches = endless(run.loader, run.position, run.reader)
+    progress = TrainProgress(run.cfg.trainer.max_steps, run.state.step, show=run.rank == 0)
+    run.engine.train()
     with StopSignals() as signals:  # a stop signal ends the loop after the current step
-        while state.step < t.max_steps:
-            start = time.perf_counter()
-            sums = torch.zeros(4, device=engine.device)  # loss, loss_text, loss_image, tokens (this rank)
-            samples = 0
-            for _ in range(accumulation):
-                batch = next_usable_batch(batches, reader)
-                inputs = processor.to_model_inputs(batch.inputs, device=engine.device)
-                out = engine(**inputs, return_logits=False)
-                engine.backward(out.loss)
-                parts = [out.loss, _part(out.loss_text, out.loss), _part(out.loss_image, out.loss)]
-                tokens = inputs["attention_mask"].sum().to(sums.dtype)
-                sums += torch.stack([*parts, tokens]).detach().float()  # on the device: no host sync
-                samples += batch.num_samples
-                if engine.is_gradient_accumulation_boundary():
-                    step = StepNumbers.reduce(sums, samples, signals, _plain_grad_norm(engine), accumulation)
-                    gate.arm(loss_finite=step.loss_finite, grad_norm=step.plain_grad_norm)
-                engine.step()  # DeepSpeed steps optimizer + scheduler only at the boundary (via the gate)
-            applied = gate.disarm()
-            state.step += 1
-            state.samples_seen += step.local_samples
-            state.tokens_seen += step.local_tokens
-            state.bad_streak = 0 if applied else state.bad_streak + 1
-            state.bad_steps += 0 if applied else 1
-            step_time = time.perf_counter() - start
-
-            if state.step % t.log_every == 0 or state.step == t.max_steps or not applied or step.stop:
-                # FLOPs on each token's path (text weights or the low-rank image expert); the last
-                # micro-batch's text/image mix stands for the step's (one device read, at log steps only)
-                vision, real = inputs["vision_indices"], inputs["attention_mask"]
-                flops_per_token = training_flops_per_token(model.config, vision, real)
-                metrics = {
-                    "train/loss": step.loss,
-                    "train/loss_text": step.loss_text,
-                    "train/loss_image": step.loss_image,
-                    "train/lr": scheduler.get_last_lr()[0],  # group 0 is a vision group: the base lr
-                    "train/grad_norm": gate.grad_norm,
-                    "train/bad_steps": state.bad_steps,
-                    "perf/step_time": step_time,
-                    "perf/tokens_per_s": step.tokens / step_time,
-                    "perf/samples_per_s": step.samples / step_time,
-                    "perf/mfu": flops_per_token * step.tokens / step_time / peak_flops,
-                    "perf/max_memory_gb": _max_memory_gb(),
-                    "data/epoch": float(reader.epoch),
-                }
-                metrics.update(reader.metrics())
-                logger.log(metrics, state.step)
-                progress.set_postfix(loss=f"{step.loss:.3f}", tok_s=f"{metrics['perf/tokens_per_s']:.0f}")
-            progress.update(1)
-            if not applied:
-                _refused_step(cfg, run_dir, state, step, gate.grad_norm, logger, progress)
-
-            if val_set is not None and t.eval_every > 0 and state.step % t.eval_every == 0:
-                logger.log(
-                    evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches), state.step
-                )
-                engine.train()
-            due = t.checkpoint_every > 0 and state.step % t.checkpoint_every == 0
-            if (due and state.step < t.max_steps) or step.stop:
-                state.data = reader.state_dict()
-                saved = save_checkpoint(engine, state, run_dir, t.keep_last)
-                saved_step = state.step
-                if not step.stop:  # a stopping job has seconds to exit: no pass over its files
-                    logger.log_artifact("checkpoint", "checkpoint", saved, state.step)
-            if step.stop:
-                progress.close()
-                _preempted(cfg, run_dir, state, signals, step, saved, logger)
-            if t.benchmark_every > 0 and state.step % t.benchmark_every == 0 and state.step < t.max_steps:
-                scores = benchmark_during_training(cfg, engine, processor, logger, run_dir, state.step)
-                logger.log(scores, state.step)
-                engine.train()
-            if export_requested(run_dir):  # `touch <run dir>/EXPORT_NOW`: a loadable folder mid-run
-                export_pretrained(engine, processor, run_dir / f"export_step_{state.step:06d}")
+        while run.state.step < run.cfg.trainer.max_steps:
+            step, inputs = train_step(run, batches, signals)
+            after_step(run, step, inputs, signals, progress)
     progress.close()
 
-    # ------------------------------------------------------------------ save
-    if saved_step != state.step:  # else resumed from the final checkpoint: it is there already
-        state.data = reader.state_dict()
-        saved = save_checkpoint(engine, state, run_dir, t.keep_last)
+
+def train_step(run: TrainRun, batches, signals: StopSignals) -> tuple[StepNumbers, dict]:
+    """One optimizer step: forward and backward over the accumulated micro-batches, the gated update,
+    the counters. Returns the step's numbers and the last micro-batch's model inputs."""
+    engine, gate, state = run.engine, run.gate, run.state
+    start = time.perf_counter()
+    accumulation = engine.gradient_accumulation_steps()
+    sums = torch.zeros(4, device=engine.device)  # loss, loss_text, loss_image, tokens (this rank)
+    samples = 0
+    for _ in range(accumulation):
+        batch = next_usable_batch(batches, run.reader)
+        inputs = run.processor.to_model_inputs(batch.inputs, device=engine.device)
+        out = engine(**inputs, return_logits=False)
+        engine.backward(out.loss)
+        parts = [out.loss, _part(out.loss_text, out.loss), _part(out.loss_image, out.loss)]
+        tokens = inputs["attention_mask"].sum().to(sums.dtype)
+        sums += torch.stack([*parts, tokens]).detach().float()  # on the device: no host sync
+        samples += batch.num_samples
+        if engine.is_gradient_accumulation_boundary():
+            step = StepNumbers.reduce(sums, samples, signals, _plain_grad_norm(engine), accumulation)
+            gate.arm(loss_finite=step.loss_finite, grad_norm=step.plain_grad_norm)
+        engine.step()  # DeepSpeed steps optimizer + scheduler only at the boundary (via the gate)
+    step.applied = gate.disarm()
+    step.seconds = time.perf_counter() - start
+    state.step += 1
+    state.samples_seen += step.local_samples
+    state.tokens_seen += step.local_tokens
+    state.bad_streak = 0 if step.applied else state.bad_streak + 1
+    state.bad_steps += 0 if step.applied else 1
+    return step, inputs
+
+
+def after_step(
+    run: TrainRun, step: StepNumbers, inputs: dict, signals: StopSignals, progress: TrainProgress
+) -> None:
+    """Log, stop on bad steps, evaluate, checkpoint, stop on a signal, benchmark, export: as asked."""
+    t, state, engine, logger = run.cfg.trainer, run.state, run.engine, run.logger
+    metrics = None
+    if state.step % t.log_every == 0 or state.step == t.max_steps or not step.applied or step.stop:
+        metrics = step_metrics(run, step, inputs)
+        logger.log(metrics, state.step)
+    progress.step_done(state.step, metrics)  # the console line of a log step; the bar on a terminal
+    if not step.applied:
+        _refused_step(run.cfg, run.run_dir, state, step, run.gate.grad_norm, logger, progress)
+    if run.val_set is not None and t.eval_every > 0 and state.step % t.eval_every == 0:
+        logger.log(validation_losses(run), state.step)
+        engine.train()
+    due = t.checkpoint_every > 0 and state.step % t.checkpoint_every == 0
+    if (due and state.step < t.max_steps) or step.stop:
+        saved = save_train_checkpoint(run)
+        if not step.stop:  # a stopping job has seconds to exit: no pass over its files
+            logger.log_artifact("checkpoint", "checkpoint", saved, state.step)
+    if step.stop:
+        progress.close()
+        _preempted(run.cfg, run.run_dir, state, signals, step, saved, logger)
+    if t.benchmark_every > 0 and state.step % t.benchmark_every == 0 and state.step < t.max_steps:
+        scores = benchmark_during_training(run.cfg, engine, run.processor, logger, run.run_dir, state.step)
+        logger.log(scores, state.step)
+        engine.train()
+    if export_requested(run.run_dir):  # `touch <run dir>/EXPORT_NOW`: a loadable folder mid-run
+        folder = run.run_dir / f"export_step_{state.step:06d}"
+        export_pretrained(engine, run.processor, folder, run.finetune, training_record(run))
+
+
+def step_metrics(run: TrainRun, step: StepNumbers, inputs: dict) -> dict[str, float]:
+    """The metrics of a log step under their fixed names (loss parts, lr, throughput, MFU, data)."""
+    # FLOPs on each token's path (text weights or the low-rank image expert); the last micro-batch's
+    # text/image mix stands for the step's (one device read, at log steps only)
+    vision, real = inputs["vision_indices"], inputs["attention_mask"]
+    flops_per_token = training_flops_per_token(run.model.config, vision, real)
+    peak_flops = run.cfg.trainer.peak_flops_per_device * run.world_size
+    metrics = {
+        "train/loss": step.loss,
+        "train/loss_text": step.loss_text,
+        "train/loss_image": step.loss_image,
+        "train/lr": run.scheduler.get_last_lr()[0],  # group 0 is a vision group: the base lr
+        "train/grad_norm": run.gate.grad_norm,
+        "train/bad_steps": run.state.bad_steps,
+        "perf/step_time": step.seconds,
+        "perf/tokens_per_s": step.tokens / step.seconds,
+        "perf/samples_per_s": step.samples / step.seconds,
+        "perf/mfu": flops_per_token * step.tokens / step.seconds / peak_flops,
+        "perf/max_memory_gb": _max_memory_gb(),
+        "data/epoch": float(run.reader.epoch),
+    }
+    metrics.update(distributed.sum_counts_over_ranks(run.reader.metrics()))  # every rank's share
+    return metrics
+
+
+def validation_losses(run: TrainRun) -> dict[str, float]:
+    """`evaluate_loss` on the validation set with the trainer's batch size and batch count."""
+    t = run.cfg.trainer
+    return evaluate_loss(run.engine, run.processor, run.val_set, t.micro_batch_size, t.eval_batches)
+
+
+def save_train_checkpoint(run: TrainRun) -> Path:
+    """A checkpoint of this step (engine, train state, data position); returns its folder."""
+    run.state.data = run.reader.state_dict()
+    saved = save_checkpoint(run.engine, run.state, run.run_dir, run.cfg.trainer.keep_last, run.finetune)
+    run.saved_step = run.state.step
+    return saved
+
+
+# ---------------------------------------------------------------------- save
+
+
+def training_record(run: TrainRun) -> dict:
+    """What trained the exported weights (`<export>/training.json`; all ranks call). task=generate
+    reads it to say plainly when a checkpoint never saw a text-to-image sample."""
+    text_to_image = distributed.sum_counts_over_ranks({"t2i": run.reader.text_to_image})["t2i"]
+    return {
+        "steps": run.state.step,
+        "finetune": run.finetune.record()["mode"],
+        "text_to_image_samples": text_to_image,  # all ranks, this run only
+        "init_from": OmegaConf.select(run.cfg, "model.init_from"),  # None: fresh weights (or LLaMA's)
+        "base": run.base_record,  # the init_from export's own record, if it has one
+    }
+
+
+def save_and_score(run: TrainRun) -> dict[str, float]:
+    """The final checkpoint and export, the validation loss and the end-of-run benchmark."""
+    t, state, logger = run.cfg.trainer, run.state, run.logger
+    if run.saved_step != state.step:  # else resumed from the final checkpoint: it is there already
+        saved = save_train_checkpoint(run)
         logger.log_artifact("checkpoint", "checkpoint", saved, state.step)  # with logger.log_artifacts
-    export_dir = export_pretrained(engine, processor, run_dir / "export")
+    record = training_record(run)
+    export_dir = export_pretrained(run.engine, run.processor, run.run_dir / "export", run.finetune, record)
     logger.log_artifact("export", "model", export_dir, state.step)
     results: dict[str, float] = {}
-    if val_set is not None:
-        results.update(evaluate_loss(engine, processor, val_set, t.micro_batch_size, t.eval_batches))
-    if cfg.get("benchmark") is not None and t.benchmark_at_end:
-        del engine, optimizer  # the benchmark loads the export; free the training copy first
+    if run.val_set is not None:
+        results.update(validation_losses(run))
+    if run.cfg.get("benchmark") is not None and t.benchmark_at_end:
+        run.drop_training_copy()
         # every rank generates its shard; scores go to this run's logger (one W&B run per job)
-        results.update(run_benchmark(cfg, export_dir, run_dir, logger, state.step))
+        results.update(run_benchmark(run.cfg, export_dir, run.run_dir, logger, state.step))
     logger.log(results, state.step)
     logger.summary(results)  # the final scores, next to their baselines, in the W&B run summary
-    logger.finish()
-    return results if rank == 0 else {}
+    return results if run.rank == 0 else {}
 
 
 # ---------------------------------------------------------------------- helpers of the recipe
@@ -277,6 +406,8 @@ class StepNumbers:
     stop: bool  # some rank got a stop signal
     requeue: bool  # ... one that asks for a SLURM requeue
     plain_grad_norm: float | None  # stage 0 fp32 only (see _plain_grad_norm)
+    applied: bool = True  # set by train_step: whether the update went through (UpdateGate)
+    seconds: float = math.nan  # set by train_step: wall time of the step
 
     @property
     def loss_finite(self) -> bool:
@@ -422,7 +553,7 @@ def evaluate_loss(engine, processor, dataset, micro_batch_size: int, max_batches
 
 def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_dir: Path, step: int) -> dict:
     """A small benchmark on the live model: the first `trainer.benchmark_items` items of each task."""
-    from libra.benchmark.runner import run_task
+    from libra.benchmark.runner import run_benchmark_task
 
     if engine.zero_optimization_stage() == 3:
         # ranks would generate different numbers of tokens, hence run different numbers of ZeRO-3
@@ -435,7 +566,7 @@ def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_di
     for name, task_cfg in cfg.benchmark.items():
         task = instantiate(task_cfg, max_items=cfg.trainer.benchmark_items)
         out_dir = run_dir / "benchmark_during_training" / f"step_{step:06d}" / name
-        headline, rows = run_task(name, task, engine.module, processor, out_dir)
+        headline, rows = run_benchmark_task(name, task, engine.module, processor, out_dir)
         scores.update({f"benchmark/{name}/{k}": float(v) for k, v in headline.items()})
         if rows:
             columns = ["image", "prompt", "prediction", "references", "score"]
@@ -446,7 +577,7 @@ def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_di
 def run_benchmark(
     cfg: DictConfig, checkpoint: Path, run_dir: Path, logger: MetricLogger, step: int
 ) -> dict[str, float]:
-    """Benchmark the export (`libra.benchmark.evaluate`), score the majority baselines on the same
+    """Benchmark the export (`libra.benchmark.runner.evaluate`), score the majority baselines on the same
     items, write `<run dir>/metrics.json` and print both side by side."""
     from libra.benchmark.runner import evaluate
 

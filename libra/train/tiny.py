@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 from torch.utils.data import ConcatDataset
@@ -29,6 +26,7 @@ from torch.utils.data import ConcatDataset
 from libra.data.llava_instruct import LlavaInstructions
 from libra.data.synthetic import DESCRIBE, synthetic_dataset
 from libra.data.synthetic_readers import synthetic_instructions
+from libra.durable_files import build_folder_once, write_text_atomic
 from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.templates import get_template
 from libra.tokenizer.tiny import build_tiny_processor
@@ -54,15 +52,11 @@ def tiny_synthetic_processor(
         chat = get_template(template)
         fixed = f"{chat.system} {chat.roles[0]}: {chat.roles[1]}:"
         texts = layout.text_corpus_file.read_text().splitlines() + [fixed] * TEMPLATE_REPEATS
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            build_tiny_processor(texts, tmp, vocab_size=vocab_size, seed=seed)
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "tokenizer.json").is_file():  # not just another rank finishing first
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_folder_once(
+            folder,
+            "tokenizer.json",
+            lambda tmp: build_tiny_processor(texts, tmp, vocab_size=vocab_size, seed=seed),
+        )
     return LibraProcessor.from_pretrained(folder, template=template, max_length=max_length)
 
 
@@ -106,7 +100,5 @@ def synthetic_caption_requests(
             for i, entry in enumerate(json.loads(layout.karpathy_file(split).read_text()))
             if isinstance(entry["caption"], str)
         ]
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(entries))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(entries))
     return LlavaInstructions(str(path), str(layout.image_root), image_token_count=image_token_count)

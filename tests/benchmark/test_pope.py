@@ -154,7 +154,7 @@ def test_task_keeps_splits_apart(tmp_path):
 @pytest.mark.slow
 def test_pope_config_runs_on_the_runner(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """conf/benchmark/pope.yaml as shipped, on POPE-layout files whose images are synthetic ones."""
-    from libra.benchmark import evaluate
+    from libra.benchmark.runner import evaluate
     from libra.data.synthetic import synthetic_dataset
 
     checkpoint, cache = tiny_checkpoint

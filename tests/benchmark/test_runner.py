@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from tiny_bench import make_cfg
 
-from libra.benchmark import evaluate
 from libra.benchmark import runner as runner_module
+from libra.benchmark.runner import evaluate
 
 
 @pytest.mark.slow

@@ -50,7 +50,8 @@ def _worker(rank, world_size, port, checkpoint, cache, run_dir, batch_size, out)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    from libra.benchmark import evaluate, runner
+    from libra.benchmark import runner
+    from libra.benchmark.runner import evaluate
 
     real_read = runner._read_partial_predictions
 

@@ -59,7 +59,7 @@ def _testdev_cfg(tiny_checkpoint, tmp_path, monkeypatch):
 def test_testdev_writes_the_evalai_submission_and_scores_nothing(
     tiny_checkpoint, tmp_path, monkeypatch, capsys
 ):
-    from libra.benchmark import evaluate
+    from libra.benchmark.runner import evaluate
     from libra.train.baselines import baseline_table
 
     cfg = _testdev_cfg(tiny_checkpoint, tmp_path, monkeypatch)

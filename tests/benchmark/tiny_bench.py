@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from libra.config_schema import load_option
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SYNTHETIC = {"seed": 0, "image_size": 56, "train_images": 40, "val_images": 4, "test_images": 6}
 
@@ -52,7 +54,7 @@ def make_cfg(
             "name": "test",
             "cache_dir": str(cache),
             "synthetic": SYNTHETIC,
-            "logger": OmegaConf.load(CONF / "logger" / f"{logger}.yaml"),
+            "logger": load_option(CONF / "logger" / f"{logger}.yaml"),
             "benchmark": tasks,
         }
     )

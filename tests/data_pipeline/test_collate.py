@@ -72,6 +72,20 @@ def test_a_sample_the_processor_refuses_is_dropped_and_counted(processor):
     assert batch.inputs.keys == ["good"]
 
 
+def test_text_to_image_samples_are_counted_and_survive_a_resume(processor):
+    """The count behind an export's training record (task=generate reads it, libra/pretrained.py)."""
+    red = Image.new("RGB", (56, 56), (200, 0, 0))
+    t2i = CaptionSample(red, "a red square", key="t2i", task="t2i")
+    i2t = CaptionSample(red, "a red square", key="i2t")
+    state = ReaderState()
+    state.update(ReaderCollator(processor.collator)([t2i, i2t, t2i]))
+    state.update(ReaderCollator(processor.collator)([i2t]))
+    assert state.text_to_image == 2
+    resumed = ReaderState()
+    resumed.load_state_dict(state.state_dict())
+    assert resumed.text_to_image == 2
+
+
 def test_all_skipped_gives_an_empty_batch():
     batch = ReaderCollator(processor=None)([Skipped("corrupt_image", "k")])
     assert (batch.inputs, batch.num_samples, batch.drawn) == (None, 0, 1)

@@ -23,9 +23,9 @@ class RunningServer:
 
 def start_server(folder, **settings) -> RunningServer:
     """The app of `task=serve` on ``folder``, served by uvicorn from a thread on a free port."""
+    from libra.pretrained import load_pretrained
     from libra.serve.app import ServeSettings, build_app, start_background_server
     from libra.serve.batching import BatchingEngine
-    from libra.tasks.loading import load_pretrained
 
     model, processor = load_pretrained(folder, "cpu")
     batching = {k: settings.pop(k) for k in ("max_batch_size", "window_s") if k in settings}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from launch_env import child_environ
+from launch_env import child_environ, free_port
 from PIL import Image
 from skimage import data
 
@@ -32,12 +31,6 @@ def _chromium() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return path
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _expected_answer(folder: Path, photo: Path, max_new_tokens: int) -> str:
@@ -65,7 +58,7 @@ def test_demo_page_answers_an_uploaded_image_and_draws(tiny_export, tmp_path):
     expected = _words(_expected_answer(tiny_export, photo, max_new_tokens=6))
     assert expected
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/"
     env = child_environ(WANDB_MODE="offline", PYTHONPATH=str(ROOT), GRADIO_ANALYTICS_ENABLED="False")
     command = [sys.executable, str(ROOT / "run.py"), "task=demo", f"checkpoint={tiny_export}"]

@@ -4,7 +4,6 @@ from the environment, answered through the official `openai` client, stopped wit
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,20 +12,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from launch_env import child_environ
+from launch_env import child_environ, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_run_py_task_serve_answers_the_openai_client(tiny_export, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = child_environ(LIBRA_SERVE_API_KEY="from-env", WANDB_MODE="offline", PYTHONPATH=str(ROOT))
     command = [
         sys.executable,

@@ -35,3 +35,5 @@ def test_help_lists_tasks_groups_and_examples(tmp_path):
     for text in ("Tasks (task=...)", "serve", "experiment: benchmark_official, instruct, pretrain, tiny"):
         assert text in result.stdout
     assert "python run.py -m sweep=lr_optuna" in result.stdout
+    # the groups a user picks from, not the schemas their files extend (libra/config_schema.py)
+    assert "schema" not in result.stdout and "trainer: default" in result.stdout

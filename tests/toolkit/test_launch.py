@@ -152,10 +152,14 @@ def test_several_nodes_need_a_node_rank_or_a_rendezvous_id(hydra_cleared):
         validate(cfg)
 
 
+def _not_run(cfg):
+    raise AssertionError("the task ran although the launch was refused")
+
+
 def test_several_nodes_need_a_shared_run_dir(tmp_path, hydra_cleared):
     cfg = compose_config(["cluster=torchrun", "cluster.nodes=2", "trainer.global_batch_size=16"], tmp_path)
     with pytest.raises(ConfigError, match="hydra.run.dir=/shared/runs/<name>"):
-        launch.launch(cfg, ["cluster=torchrun", "cluster.nodes=2"])
+        launch.launch(_not_run, cfg, ["cluster=torchrun", "cluster.nodes=2"])
 
 
 def test_objective_is_read_from_metrics_json(tmp_path, hydra_cleared):

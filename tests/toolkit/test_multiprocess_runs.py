@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from launch_env import child_environ
+from launch_env import child_environ, free_port
 
 from libra import tracking
 
@@ -41,12 +40,6 @@ SMALL = [
     "benchmark.synthetic_vqa.batch_size=2",
     "benchmark.synthetic_caption.batch_size=1",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

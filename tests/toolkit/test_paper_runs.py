@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from libra import tracking
 from libra.data.synthetic import synthetic_dataset
+from libra.pretrained import read_training_record, trained_for_text_to_image
 
 from .conftest import run_py
 
@@ -97,7 +98,7 @@ def stage1(user) -> Path:
     shards = f"{user['layout'].folder}/laion/train-{{00000..00001}}.tar"
     args = ["experiment=pretrain", *TINY_MODEL, *SMALL_RUN, f"data.shards='{shards}'", "trainer.max_steps=3"]
     args += ["data.train.samples_per_epoch=8", "data.train.shuffle_buffer=8", "data.train.shuffle_initial=4"]
-    args += ["trainer.eval_every=0", "trainer.checkpoint_every=2", *COCO]
+    args += ["trainer.eval_every=0", "trainer.checkpoint_every=2", "data.train.t2i_prob=0.5", *COCO]
     return run(user, args, user["cwd"] / "stage1")
 
 
@@ -134,6 +135,11 @@ def test_instruct_starts_from_the_stage1_run_dir_and_from_its_export(stage1, use
     metrics = json.loads((from_run_dir / "metrics.json").read_text())
     assert {"benchmark/vqav2/accuracy", "benchmark/coco_caption/CIDEr"} <= set(metrics)
     assert json.loads((from_run_dir / "deepspeed_config.json").read_text())["zero_optimization"]["stage"] == 3
+    # what trained the export, through its base: stage 1 drew text-to-image samples, stage 2 none
+    record = read_training_record(from_run_dir / "export")
+    assert record["text_to_image_samples"] == 0 and record["init_from"] == str(stage1)
+    assert record["base"]["text_to_image_samples"] > 0 and record["base"]["init_from"] is None
+    assert trained_for_text_to_image(record) is True
 
     from_export = run(
         user,

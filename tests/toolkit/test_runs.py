@@ -128,7 +128,12 @@ def test_generate_writes_one_image_at_the_tokenizer_resolution(multirun, tmp_pat
 
     assert Image.open(png).size == (56, 56)  # the tiny CLIP's input size, decoded from 4x4 codes
     record = json.loads(png.with_name("generate.json").read_text())
-    assert record == {"prompt": "a red circle", "images": [str(png)]}
+    # the tiny default trains on conversations and captions only: the task says so instead of
+    # pretending its picture follows the prompt
+    assert record == {"prompt": "a red circle", "images": [str(png)], "trained_for_text_to_image": False}
+    assert "was not trained for text-to-image" in result.stdout
+    training = json.loads((export / "training.json").read_text())
+    assert training["text_to_image_samples"] == 0 and training["steps"] == 1 and training["init_from"] is None
 
 
 @pytest.mark.slow
@@ -196,3 +201,24 @@ def test_chat_refuses_a_prompt_over_the_context(multirun, tmp_path, cache_env):
     assert result.returncode != 0
     assert f"exceed the model's context of {context} tokens" in result.stderr
     assert not list(tmp_path.glob("outputs/tiny/*/chat.json"))
+
+
+@pytest.mark.slow
+def test_training_prints_one_line_per_log_step_and_no_bar_into_a_log(tmp_path, cache_env):
+    """stdout and stderr are pipes here, as in a CI or SLURM log: the lines alone, no progress bar."""
+    import re
+
+    steps = [o for o in ONE_STEP if not o.startswith("trainer.max_steps")] + ["trainer.max_steps=3"]
+    result = run_py([*steps, "logger=none"], cwd=tmp_path, env=cache_env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    number = r"(\d+\.\d{4}|nan)"
+    line = re.compile(
+        rf"\[libra\] step (\d)/3 \| loss {number}( \((text|image) {number}(, image {number})?\))? "
+        r"\| lr \d\.\d\de[-+]\d\d \| [\d,]+ tok/s \| ETA (\d+:\d\d:\d\d|\?)"
+    )
+    lines = [m for m in map(line.fullmatch, result.stdout.splitlines()) if m]
+    assert [int(m.group(1)) for m in lines] == [1, 2, 3], result.stdout[-3000:]
+    (run_dir,) = (tmp_path / "outputs" / "tiny").iterdir()
+    logged = [r for r in tracking.read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
+    assert [m.group(2) for m in lines] == [f"{r['train/loss']:.4f}" for r in logged]  # the logged numbers
+    assert "train:" not in result.stderr and "\r" not in result.stderr  # no tqdm bar off a terminal

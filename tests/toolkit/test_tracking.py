@@ -49,15 +49,6 @@ def test_failed_task_finishes_its_run_with_exit_code_1(tmp_path):
     assert run.exit_code == 1
 
 
-def test_finish_open_loggers_closes_what_a_crashed_task_left_open(tmp_path):
-    logger = tracking.RunLogger(tmp_path, _wandb(tmp_path))
-    logger.log({"train/loss": 3.0}, step=1)
-    tracking.finish_open_loggers(exit_code=1)
-    assert not tracking._OPEN
-    (run,) = offline_runs(tmp_path / "wandb")
-    assert run.exit_code == 1
-
-
 def test_table_rows_keep_their_images(tmp_path):
     image = Image.new("RGB", (8, 8), (255, 0, 0))
     with tracking.RunLogger(tmp_path, None) as logger:
@@ -101,26 +92,6 @@ def test_auto_mode_is_offline_without_api_key(tmp_path, monkeypatch):
     logger = _wandb(tmp_path, mode="auto")
     logger.finish()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
-
-
-def crashing_task(cfg):
-    """A task that opens its W&B run and then fails, like a training job that crashes mid-way."""
-    logger = tracking.RunLogger(cfg.run_dir, _wandb(cfg.run_dir))
-    logger.log({"train/loss": 4.0}, step=1)
-    raise RuntimeError("crashed at step 2")
-
-
-def test_a_crashing_task_still_finishes_its_wandb_run(tmp_path, monkeypatch):
-    from omegaconf import OmegaConf
-
-    from libra import launch
-
-    monkeypatch.setitem(launch.TASKS, "train", f"{__name__}:crashing_task")
-    with pytest.raises(RuntimeError, match="crashed at step 2"):
-        launch.run_task(OmegaConf.create({"task": "train", "run_dir": str(tmp_path)}))
-    assert not tracking._OPEN
-    (run,) = offline_runs(tmp_path / "wandb")
-    assert run.exit_code == 1 and [r["train/loss"] for r in run.history if "train/loss" in r] == [4.0]
 
 
 # ---------------------------------------------------------------------- names, groups, W&B settings
@@ -272,5 +243,5 @@ def test_bad_logger_settings_fail_validation_before_any_work(hydra_cleared):
         ConfigError, match=r"logger.backend.console: 'loud' is not one of wrap \| redirect \| off"
     ):
         validate(compose_config(["logger.backend.console=loud"]))
-    with pytest.raises(ConfigError, match="logger.log_artifacts: 'yes' is a str"):
-        validate(compose_config(["logger.log_artifacts=yes"]))
+    with pytest.raises(Exception, match="logger.log_artifacts=maybe"):  # a wrong type: at composition
+        compose_config(["logger.log_artifacts=maybe"])

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from libra.config_schema import load_option
+
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 # Small enough that generation, tokenizer training and a few steps take seconds.
@@ -21,7 +23,7 @@ SYNTHETIC = {
 
 def tiny_train_config(run_dir: Path, cache_dir: Path, deepspeed: str = "stage0", **trainer) -> DictConfig:
     def load(group: str, name: str) -> DictConfig:
-        return OmegaConf.load(CONF / group / f"{name}.yaml")
+        return load_option(CONF / group / f"{name}.yaml")
 
     data = {
         "train": {
@@ -71,6 +73,7 @@ def tiny_train_config(run_dir: Path, cache_dir: Path, deepspeed: str = "stage0",
             "scheduler": load("scheduler", "cosine"),
             "deepspeed": load("deepspeed", deepspeed),
             "trainer": OmegaConf.merge(load("trainer", "default"), steps, trainer),
+            "finetune": load("finetune", "full"),
             "logger": {"backend": None},
             "benchmark": None,
         }

@@ -55,7 +55,8 @@ def test_zero3_gathers_weights_for_export_and_offload_blocks():
 def test_accumulation_is_derived_and_bad_sizes_are_refused():
     assert gradient_accumulation_steps(1280, 8, 40) == 4  # the official stage-1 numbers
     assert gradient_accumulation_steps(128, 2, 8) == 8  # official stage 2
-    with pytest.raises(ValueError, match="global_batch_size=100"):
+    # the pre-launch check's message (libra/validation.py batch_problems)
+    with pytest.raises(ValueError, match="global_batch_size: 100 is not a multiple"):
         gradient_accumulation_steps(100, 8, 2)
     with pytest.raises(ValueError, match="offload_param"):
         ZeroSettings(stage=2, offload_param=True)
@@ -63,3 +64,43 @@ def test_accumulation_is_derived_and_bad_sizes_are_refused():
         deepspeed_config(ZeroSettings(stage=3), 8, 8, 1, "fp32", grad_clip=0.0)
     with pytest.raises(ValueError, match="precision"):
         deepspeed_config(ZeroSettings(), 8, 8, 1, "fp16", grad_clip=1.0)
+
+
+@pytest.mark.parametrize(
+    ("build", "changes"),
+    [
+        (
+            lambda: ZeroSettings(stage=2, offload_param=True),
+            {"deepspeed": {"stage": 2, "offload_param": True}},
+        ),
+        (lambda: ZeroSettings(offload_optimizer=True), {"deepspeed": {"offload_optimizer": True}}),
+        (lambda: ZeroSettings(stage=5), {"deepspeed": {"stage": 5}}),
+        (lambda: gradient_accumulation_steps(10, 4, 1), {"trainer": {"global_batch_size": 10}}),
+        (lambda: deepspeed_config(ZeroSettings(), 8, 4, 1, "fp16", 1.0), {"trainer": {"precision": "fp16"}}),
+        (lambda: deepspeed_config(ZeroSettings(), 8, 4, 1, "fp32", -1.0), {"trainer": {"grad_clip": -1.0}}),
+    ],
+    ids=["offload_param", "offload_optimizer", "stage", "batch", "precision", "grad_clip"],
+)
+def test_the_builder_refuses_with_the_pre_launch_message(build, changes):
+    """One rule, one message: what deepspeed_config.py raises is what validate() says of the config."""
+    from omegaconf import OmegaConf
+
+    from libra.validation import ConfigError, validate
+
+    cfg = OmegaConf.create(
+        {
+            "task": "train",
+            **dict.fromkeys(("seed", "max_new_tokens"), 1),
+            **dict.fromkeys(("checkpoint", "resume", "objective", "prompt", "image"), None),
+            "temperature": 0.0,
+            "cluster": {"launcher": "local", "nodes": 1, "gpus_per_node": 1},
+            "trainer": {"global_batch_size": 8, "micro_batch_size": 4, "precision": "fp32", "grad_clip": 1.0},
+            "deepspeed": {"stage": 0},
+        }
+    )
+    cfg.merge_with(changes)
+    with pytest.raises(ConfigError) as from_builder:
+        build()
+    with pytest.raises(ConfigError) as from_validate:
+        validate(cfg)
+    assert str(from_builder.value) == str(from_validate.value)

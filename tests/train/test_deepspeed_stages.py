@@ -5,7 +5,7 @@ import pytest
 from conftest import tiny_train_config
 
 from libra.tracking import read_metrics
-from libra.train import train
+from libra.train.recipe import train
 
 
 def two_step_losses(run_dir, cache, deepspeed: str) -> list[float]:

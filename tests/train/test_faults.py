@@ -270,12 +270,14 @@ def test_second_job_is_refused_and_a_killed_jobs_lock_is_taken_over(tmp_path, en
     args = [*TINY, "trainer.checkpoint_every=5", "trainer.keep_last=2"]
     first = start([*args, *LONG], run_dir, env)
     wait_for_rows(run_dir, first)
-    config = (run_dir / "config.yaml").stat().st_mtime_ns
+    # the first job's records, Hydra's included: the second job must write none of them
+    records = [run_dir / name for name in ("config.yaml", ".hydra/config.yaml", ".hydra/overrides.yaml")]
+    written = [path.stat().st_mtime_ns for path in records]
     second = run_dir.with_name("second")
     code, out = _second_job(args, run_dir, second, env)
     assert code != 0
     assert f"run dir {run_dir} is in use by another job: pid {first.pid}" in out
-    assert (run_dir / "config.yaml").stat().st_mtime_ns == config  # the second job wrote nothing
+    assert [path.stat().st_mtime_ns for path in records] == written  # the second job wrote nothing
     assert first.poll() is None
     first.send_signal(signal.SIGKILL)  # kill -9: the lock stays behind
     first.wait(timeout=60)

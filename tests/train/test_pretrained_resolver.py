@@ -12,9 +12,9 @@ import torch
 import yaml
 from conftest import tiny_train_config
 
-from libra.pretrained import load_pretrained, resolve_pretrained
+from libra.pretrained import load_pretrained, resolve_pretrained, trained_for_text_to_image
 from libra.tokenizer.samples import ConversationSample, Turn
-from libra.train import train
+from libra.train.recipe import train
 
 
 def logits(folder: Path, image) -> torch.Tensor:
@@ -73,3 +73,22 @@ def test_a_run_dir_without_export_resolves_to_its_newest_complete_checkpoint(tmp
     assert "without a final export" in resolved.reason and "step 2" in resolved.reason
     with pytest.raises(FileNotFoundError, match="is incomplete"):
         resolve_pretrained(interrupted)
+
+
+def test_trained_for_text_to_image_follows_the_chain_of_bases():
+    """An export's training record names its base; the answer is known only when the chain ends in
+    fresh weights or in a run that saw text-to-image samples."""
+    fresh = {"text_to_image_samples": 0, "init_from": None, "base": None}
+    assert trained_for_text_to_image(fresh) is False
+    assert trained_for_text_to_image({**fresh, "text_to_image_samples": 3}) is True
+    on_t2i_base = {
+        "text_to_image_samples": 0,
+        "init_from": "stage1",
+        "base": {**fresh, "text_to_image_samples": 5},
+    }
+    assert trained_for_text_to_image(on_t2i_base) is True
+    on_fresh_base = {"text_to_image_samples": 0, "init_from": "stage1", "base": fresh}
+    assert trained_for_text_to_image(on_fresh_base) is False
+    # a base without a record (the official release): nothing to say
+    assert trained_for_text_to_image({**fresh, "init_from": "/official/Libra-11B"}) is None
+    assert trained_for_text_to_image(None) is None

@@ -7,12 +7,14 @@ import pytest
 import torch
 from conftest import tiny_train_config
 from safetensors.torch import load_file
+from toolkit.wandb_files import offline_runs
 
 from libra.model import LibraForCausalLM
 from libra.tokenizer.processor import LibraProcessor
 from libra.tracking import read_metrics
-from libra.train import train
+from libra.train import recipe
 from libra.train.checkpoint import latest_checkpoint, list_checkpoints
+from libra.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +152,19 @@ def test_benchmark_during_and_after_training_with_baselines(tmp_path, tiny_cache
     )
     assert metrics["baseline/synthetic_vqa/accuracy"] == pytest.approx(expected, abs=10.0)
     assert (run / "benchmark" / "synthetic_vqa" / "predictions.json").is_file()
+
+
+def test_a_crash_in_the_loop_finishes_the_wandb_run_it_opened(tmp_path, tiny_cache, monkeypatch):
+    """The run owns its logger: whatever raises after set-up closes the W&B run, marked failed."""
+    cfg = tiny_train_config(tmp_path, tiny_cache)
+    cfg.logger = {"backend": {"_target_": "libra.tracking.WandbLogger", "project": "t", "mode": "offline"}}
+
+    def crashing_loop(run):
+        run.logger.log({"train/loss": 4.0}, step=1)
+        raise RuntimeError("crashed at step 2")
+
+    monkeypatch.setattr(recipe, "fit", crashing_loop)
+    with pytest.raises(RuntimeError, match="crashed at step 2"):
+        train(cfg)
+    (run,) = offline_runs(tmp_path / "wandb")
+    assert run.exit_code == 1 and [r["train/loss"] for r in run.history if "train/loss" in r] == [4.0]

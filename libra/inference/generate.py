@@ -7,6 +7,10 @@ The prompt is the caption followed by `<img_gen>` (the begin-of-image token, doc
 text-to-image training samples; the model then writes exactly one image: grid x grid codes per
 codebook and the end-of-image token. The pixel decoder of the vision tokenizer turns the codes into
 `<run dir>/generated_0.png`. Greedy by default; `temperature` > 0 samples (seeded by `seed`).
+
+An export says what trained it (`training.json`, libra/pretrained.py `trained_for_text_to_image`). When
+no text-to-image sample was ever among its training data (the tiny default trains on conversations
+and captions only), the image cannot follow the prompt, and the task says so before it draws.
 """
 
 from __future__ import annotations
@@ -17,15 +21,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from libra.pretrained import default_device, load_pretrained
+from libra.pretrained import default_device, load_pretrained, read_training_record, trained_for_text_to_image
 from libra.tokenizer.samples import CaptionSample
 
 
 @torch.no_grad()
-def generate(cfg: DictConfig) -> list[Path]:
+def generate_images(cfg: DictConfig) -> list[Path]:
     """Draw one image for `cfg.prompt`; returns the PNG paths written to the run dir."""
     device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
+    trained = trained_for_text_to_image(read_training_record(cfg.checkpoint))
+    if trained is False:
+        print(
+            f"[libra] task=generate: {cfg.checkpoint} was not trained for text-to-image: no training sample "
+            "of it (or of the checkpoints it started from) asked for an image from a caption, so the image "
+            "will not follow the prompt. Train with text-to-image samples (e.g. data=laion with "
+            "data.train.t2i_prob > 0).",
+            flush=True,
+        )
     sample = CaptionSample(image=None, caption=cfg.prompt, key="generate", task="t2i")
     inputs = processor([sample], generation=True, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -45,7 +58,8 @@ def generate(cfg: DictConfig) -> list[Path]:
     for i, picture in enumerate(processor.images_to_pil(decoded.images)):
         paths.append(run_dir / f"generated_{i}.png")
         picture.save(paths[-1])
-    record = {"prompt": cfg.prompt, "images": [str(p) for p in paths]}
+    # trained_for_text_to_image: null when the checkpoint has no record of its training (the official one)
+    record = {"prompt": cfg.prompt, "images": [str(p) for p in paths], "trained_for_text_to_image": trained}
     (run_dir / "generate.json").write_text(json.dumps(record, indent=2) + "\n")
     print("\n".join(f"wrote {p}" for p in paths), flush=True)
     return paths

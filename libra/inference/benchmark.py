@@ -2,7 +2,7 @@
 
     python run.py task=benchmark checkpoint=<run dir | export | checkpoints/step_* | release> benchmark=vqav2
 
-`libra.benchmark.evaluate` generates and scores (every rank its shard); rank 0 prints one line per
+`libra.benchmark.runner.evaluate` generates and scores (every rank its shard); rank 0 prints one line per
 metric and writes them to `<run dir>/metrics.json`, the file sweeps read their `objective` from.
 """
 
