@@ -62,6 +62,15 @@ def sum_counts_over_ranks(counts: Mapping[str, int]) -> dict[str, int]:
     return {key: total[key] for key in sorted(total)}
 
 
+def shut_down_process_group() -> None:
+    """Leave the process group once every rank is done. A rank that exits with the group still open
+    can abort in the communication library's teardown (SIGABRT), failing a run that succeeded."""
+    group = _process_group()
+    if group is not None:
+        barrier()
+        group.destroy_process_group()
+
+
 @contextmanager
 def main_rank_first() -> Iterator[None]:
     """Rank 0 runs the block first, the others after it: for work that fills a shared cache

@@ -36,7 +36,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from libra.distributed import rank
+from libra.distributed import rank, shut_down_process_group
 from libra.exit_codes import RunStopped, read_stop_record
 from libra.run_lock import hold_run_dir
 
@@ -137,6 +137,7 @@ def run_rank(config_file: str, tasks: dict[str, Callable[[DictConfig], Any]]) ->
             overrides = (config_file.parent / "overrides.txt").read_text().splitlines()
             record_run(cfg, Path(cfg.run_dir), overrides)
         tasks[cfg.task](cfg)
+    shut_down_process_group()  # after success only: a failed rank's peers must not wait in a barrier
 
 
 def write_node_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Path:
