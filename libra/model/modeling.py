@@ -241,6 +241,11 @@ class LibraAttention(LowRankGroups):
             self.vision_v_bridge_on_language = LibraLinear(C, C, rank=config.bridge_rank)
             self.vision_v_bridge_on_vision = LibraLinear(C, C, rank=config.bridge_rank)
 
+    def text_bridges(self, h_text: torch.Tensor) -> list[torch.Tensor]:
+        """The bridge terms of text keys and values, seen only by image queries."""
+        bridges = [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
+        return self.low_rank_group("text_bridge", h_text, bridges)
+
     def forward(
         self,
         h: torch.Tensor,
@@ -268,17 +273,30 @@ class LibraAttention(LowRankGroups):
             parts += [cat_rows(k_text, k_vision + kb_vision), cat_rows(v_text, v_vision + vb_vision)]
         else:  # one key/value set serves both modalities
             parts += [cat_rows(k_text, k_vision), cat_rows(v_text, v_vision)]
-        if image_set:  # key/value set seen by image queries: text keys carry their bridge term
-            kb_text, vb_text = self.low_rank_group(
-                "text_bridge", h_text, [self.vision_k_bridge_on_language, self.vision_v_bridge_on_language]
-            )
+        # with no cache to keep it, the image queries' set is needed only before the end of the last image
+        prefix = attn.image_prefix if image_set and not (cache is not None and cache.image_queries) else None
+        if image_set and prefix is None:  # key/value set seen by image queries: text keys carry their bridge
+            kb_text, vb_text = self.text_bridges(h_text)
             parts += [cat_rows(k_text + kb_text, k_vision), cat_rows(v_text + vb_text, v_vision)]
         S = len(parts)
         qkv = routing.to_sequence(torch.stack(parts, dim=1), B)  # (B, N, S, C) in sequence order
-        qkv = qkv.view(B, N, S, H, D).permute(2, 0, 3, 1, 4)  # (S, B, H, N, D)
+        # unbind, not indexing: its backward stacks the S gradients once, where each index's backward
+        # would zero-fill a full (S, B, H, N, D) buffer
+        qkv = qkv.view(B, N, S, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # S x (B, H, N, D)
         cos, sin = rope
         q, k_t, v_t = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2]
-        kv_v = (apply_rope(qkv[3], cos, sin), qkv[4]) if image_set else None
+        kv_v = None
+        if S == 5:
+            kv_v = (apply_rope(qkv[3], cos, sin), qkv[4])
+        elif prefix is not None:  # the same set over positions [0, hi) only: text rows there, every image row
+            text_rows, to_sequence = prefix
+            hi = attn.vision_span[1]
+            kb_text, vb_text = self.text_bridges(h_text.index_select(0, text_rows))
+            k_pre = cat_rows(k_text.index_select(0, text_rows) + kb_text, k_vision)
+            v_pre = cat_rows(v_text.index_select(0, text_rows) + vb_text, v_vision)
+            kv = torch.stack([k_pre, v_pre], dim=1).index_select(0, to_sequence)  # (B*hi, 2, C)
+            kv = kv.view(B, hi, 2, H, D).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, H, hi, D)
+            kv_v = (apply_rope(kv[0], cos[:, :, :hi], sin[:, :, :hi]), kv[1])
         if cache is not None:  # (B, H, P+N, D) each
             (k_t, v_t), kv_v = cache.update(self.layer_idx, (k_t, v_t), kv_v, attn.cache_position)
 
@@ -296,7 +314,7 @@ class LibraAttention(LowRankGroups):
             # image queries only need the columns [lo, hi) that hold them, against keys [0, past + hi)
             k_v, v_v = kv_v
             lo, hi = attn.vision_span
-            end = k_v.shape[2] - (N - hi)
+            end = k_v.shape[2] - (N - hi) if prefix is None else hi
             out_v = F.scaled_dot_product_attention(
                 q[:, :, lo:hi],
                 k_v[:, :, :end],
@@ -319,6 +337,11 @@ class AttentionLayout:
     sample this pass is short), with `vision_rows` picking the image rows out of its (B * (hi - lo))
     outputs in sorted order. `cache_position` is set only in a decoding step on a static cache: the
     keys are then the cache's whole fixed-length storage and the masks say which slots count.
+
+    `image_prefix` serves the image pass when no cache keeps its keys: image queries read only the
+    positions before `hi`, so their key/value set is built there only (in a 2048-position sample with a
+    578-token image near the start, a third of the positions). It holds the sorted text rows before `hi`
+    and, for each position (b, n < hi) in sequence order, its row in [those text rows ; every image row].
     """
 
     mask: torch.Tensor | None
@@ -328,6 +351,7 @@ class AttentionLayout:
     vision_is_causal: bool
     vision_rows: torch.Tensor | None
     cache_position: torch.Tensor | None = None
+    image_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def for_decoding_step(cls, cache: LibraCache, routing: Routing) -> "AttentionLayout":
@@ -359,7 +383,7 @@ class AttentionLayout:
             mask, is_causal = None, N > 1
         else:
             mask, is_causal = mask_for(0, N), False
-        vision_mask, vision_is_causal, vision_rows = None, False, None
+        vision_mask, vision_is_causal, vision_rows, image_prefix = None, False, None, None
         if routing.n_text < B * N:
             if (lo, hi) == (0, N):
                 vision_mask, vision_is_causal = mask, is_causal
@@ -367,7 +391,14 @@ class AttentionLayout:
                 vision_mask = mask_for(lo, hi)
             flat = routing.perm[routing.n_text :]
             vision_rows = flat // N * (hi - lo) + flat % N - lo
-        return cls(mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows)
+            if n_past == 0:
+                # sorting the sorted-order rows of the positions before hi gives [text rows there ; every
+                # image row] (every image slot lies before hi), and the sort's order maps them back
+                rows, order = torch.sort(routing.inverse.view(B, N)[:, :hi].reshape(-1))
+                to_sequence = torch.empty_like(order)
+                to_sequence[order] = torch.arange(order.numel(), device=device)
+                image_prefix = (rows[: B * hi - routing.n_vision], to_sequence)
+        return cls(mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows, None, image_prefix)
 
 
 class LibraMLP(LowRankGroups):

@@ -102,3 +102,36 @@ def test_fused_attention_matches_naive(left_padding, layout):
                 p.zero_()
         no_bridge = naive_bridge_attention(attn, h, vision, mask, pos)
     assert (no_bridge[real] - naive[real]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("layout", sorted(SPANS))
+def test_fused_attention_gradients_match_naive(layout):
+    """Training runs the image queries' key/value set only before the last image's end ("narrow": 29 of
+    40 positions); the gradients of the input and of every weight must still be the naive ones."""
+    torch.manual_seed(0)
+    cfg = LibraConfig(hidden_size=C, num_attention_heads=H, intermediate_size=64, vocab_size=64)
+    attn = LibraAttention(cfg, layer_idx=0)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    h, vision, mask, pos = _batch(False, SPANS[layout], seed=1)
+    routing = Routing.from_vision_mask(vision)
+    columns = vision.any(0).nonzero()
+    span = (int(columns.min()), int(columns.max()) + 1)
+    built = AttentionLayout.build(mask, routing, 0, False, span)
+    assert built.image_prefix is not None and built.image_prefix[1].numel() == B * span[1]
+    weight = torch.randn(B, N, C, generator=torch.Generator().manual_seed(2)) * mask[..., None]
+
+    def gradients(run):
+        attn.zero_grad()
+        x = h.clone().requires_grad_()
+        (run(x) * weight).sum().backward()
+        return [x.grad] + [p.grad.clone() for p in attn.parameters()]
+
+    rope = rope_cos_sin(pos, C // H, h.dtype)
+    fused = gradients(
+        lambda x: routing.to_sequence(attn(routing.to_sorted(x), routing, rope, built, None), B)
+    )
+    naive = gradients(lambda x: naive_bridge_attention(attn, x, vision, mask, pos))
+    names = ["input"] + [name for name, _ in attn.named_parameters()]
+    for name, a, b in zip(names, fused, naive):
+        assert (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item()), name

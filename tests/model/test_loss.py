@@ -1,7 +1,10 @@
 """The split loss (text CE once + per-codebook vision CE) equals the official joint-logits definition."""
 
+import pytest
 import torch
 import torch.nn.functional as F
+
+from libra.model.loss import PickedLogSoftmax
 
 
 def official_loss(logits, labels):
@@ -72,9 +75,27 @@ def test_training_forward_without_logits_has_same_loss_and_grads(tiny_model, dat
     out = tiny_model(**kw, return_logits=False)
     assert out.logits is None
     out.loss.backward()
-    grad = tiny_model.vision_lm_head.heads[1].weight.grad.clone()
+    heads = [tiny_model.vision_lm_head.heads[1].weight, tiny_model.lm_head.weight]
+    grads = [w.grad.clone() for w in heads]
     tiny_model.zero_grad()
     official_loss(tiny_model(**kw).logits, kw["labels"]).backward()
-    assert torch.allclose(grad, tiny_model.vision_lm_head.heads[1].weight.grad, atol=1e-6)
+    for grad, w in zip(grads, heads):
+        assert torch.allclose(grad, w.grad, atol=1e-6)
     tiny_model.zero_grad()
     assert abs(out.loss.item() - 3.614649772644043) < 1e-5  # the fixture's loss of batch0
+
+
+@pytest.mark.parametrize("shape", [(7, 11), (2, 5, 9)])
+def test_picked_log_softmax_matches_autograd(shape):
+    """The hand-written backward against autograd's, with one class picked twice in a row (the text
+    codebooks share their targets) and a double-precision gradcheck."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, shape[-1], (*shape[:-1], 2), generator=g)
+    index[..., 1] = torch.where(torch.arange(shape[-2]) % 2 == 0, index[..., 0], index[..., 1])
+    weight = torch.randn(*shape[:-1], 2, generator=g, dtype=torch.float64)
+    ours = torch.autograd.grad((PickedLogSoftmax.apply(logits, index) * weight).sum(), logits)[0]
+    plain = torch.autograd.grad((logits.log_softmax(-1).gather(-1, index) * weight).sum(), logits)[0]
+    assert torch.allclose(PickedLogSoftmax.apply(logits, index), logits.log_softmax(-1).gather(-1, index))
+    assert torch.allclose(ours, plain, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: PickedLogSoftmax.apply(x, index), (logits,))
