@@ -142,6 +142,10 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     all_scores = []
     columns = torch.arange(V + VV, device=ids.device)
+    # the score rows that forcing writes: one token allowed (0 / -inf; +inf / -inf in the official mode)
+    only = {token: torch.where(columns == token, 0.0, float("-inf")) for token in (newline, eoi)}
+    only_newline_official = torch.where(columns == newline, float("inf"), float("-inf"))
+    frame_columns = (columns == boi) | (columns == eoi)  # boi and eoi: never inside the code grid
 
     for step in range(max_new_tokens):
         if cache is None or step == 0:
@@ -176,25 +180,25 @@ def generate(
         vis_last = vis[:, -1]
         vis_next = (vis_last + 1).clamp(max=M)
 
-        # forcing: newline after the eoi slot; in strict mode also eoi into the eoi slot
-        force_newline = vis_last == M - 1
-        if not strict_image_structure:
+        # forcing: newline after the eoi slot; in strict mode also eoi into the eoi slot. The host knows
+        # every row's slot (as for n_vision): once all rows are on text slots, nothing is forced
+        force_newline = None
+        if any(index + step < M for index in last_index):
+            force_newline = vis_last == M - 1
+        if force_newline is not None and not strict_image_structure:
             force_newline = force_newline & (step > 0)
             if step == 0 and bool((vis_last == M - 1).any()):
                 raise ValueError(
                     "generate: a prompt ends in the eoi slot, which the official decoding cannot continue "
                     "(docs/design.md B9); pass strict_image_structure=True."
                 )
-            forced_value = torch.where(columns == newline, float("inf"), float("-inf"))
-            scores = torch.where(force_newline[None, :, None], forced_value, scores)
-        else:
+            scores = torch.where(force_newline[None, :, None], only_newline_official, scores)
+        elif force_newline is not None:
             force_eoi = vis_next == M - 1
             in_code_slot = (vis_next >= 1) & (vis_next < M - 1)
-            no_frame = (columns == boi) | (columns == eoi)
-            scores = scores.masked_fill(in_code_slot[None, :, None] & no_frame, float("-inf"))
+            scores = scores.masked_fill(in_code_slot[None, :, None] & frame_columns, float("-inf"))
             for forced_rows, token in ((force_newline, newline), (force_eoi, eoi)):
-                forced_value = torch.where(columns == token, 0.0, float("-inf"))
-                scores = torch.where(forced_rows[None, :, None], forced_value, scores)
+                scores = torch.where(forced_rows[None, :, None], only[token], scores)
 
         if do_sample:
             scores = filter_scores(scores, temperature, top_k, top_p)
@@ -207,7 +211,7 @@ def generate(
             next_tokens = torch.where(vis_next == M, next_tokens[0], next_tokens)
         else:
             next_tokens = scores.argmax(-1)  # (K, B)
-        if not strict_image_structure:
+        if force_newline is not None and not strict_image_structure:
             next_tokens = torch.where(force_newline, newline, next_tokens)
         if output_scores:
             all_scores.append(scores)

@@ -85,14 +85,18 @@ class LowRankGroups(nn.Module):
         super().__init__()
         self._stacks: dict[str, tuple[tuple, torch.Tensor]] = {}
 
-    def stacked_A(self, name: str, layers: list["LibraLinear"]) -> torch.Tensor:
-        weights = [layer.weight_A for layer in layers]
-        if (
+    def keeps_stacks(self, weights: list[torch.Tensor]) -> bool:
+        """Whether a stack of these weights may be built once and reused (see the class docstring)."""
+        return not (
             torch.compiler.is_compiling()
             or self.training
             or (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
             or any(hasattr(w, "ds_id") for w in weights)
-        ):
+        )
+
+    def stacked(self, name: str, weights: list[torch.Tensor]) -> torch.Tensor:
+        """torch.cat(weights), reused while `keeps_stacks` holds and no weight has changed."""
+        if not self.keeps_stacks(weights):
             return torch.cat(weights)
         key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
         cached = self._stacks.get(name)
@@ -108,7 +112,7 @@ class LowRankGroups(nn.Module):
         if x.shape[0] == 0:  # e.g. no image token in a decoding step: not even the stack is needed
             return [x.new_zeros(0, layer.weight_B.shape[0]) for layer in layers]
         ranks = [layer.weight_A.shape[0] for layer in layers]
-        z = F.linear(x, self.stacked_A(name, layers))  # (n, sum of ranks)
+        z = F.linear(x, self.stacked(name, [layer.weight_A for layer in layers]))  # (n, sum of ranks)
         return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
 
     def train(self, mode: bool = True):
@@ -362,7 +366,7 @@ class AttentionLayout:
         return cls(mask, False, (0, 1), mask, False, routing.perm[routing.n_text :], cache.position)
 
     @classmethod
-    def build(cls, attention_mask, routing: Routing, n_past: int, left_padded: bool, vision_span):
+    def build(cls, attention_mask, routing, n_past: int, left_padded: bool, padded: bool, vision_span):
         B, N = routing.vision_mask.shape
         device = routing.perm.device
         lo, hi = vision_span
@@ -381,6 +385,9 @@ class AttentionLayout:
             # right padding only: real queries never see a padded key under the causal mask, and padded
             # query rows are never read (labels are -100 there), so no explicit mask is needed
             mask, is_causal = None, N > 1
+        elif N == 1 and not padded:
+            # a decoding step without padding: its one query sees every key, and SDPA runs mask-free
+            mask, is_causal = None, False
         else:
             mask, is_causal = mask_for(0, N), False
         vision_mask, vision_is_causal, vision_rows, image_prefix = None, False, None, None
@@ -587,7 +594,8 @@ class LibraModel(LibraPreTrainedModel):
         K, B, N = input_ids.shape
         vision_mask = vision_indices < cfg.max_vision_token_length  # (B, N)
         # the one device-to-host read of the forward: routing size, input checks and padding side together
-        n_vision, left_padded, vision_span = read_batch_facts(cfg, input_ids, vision_mask, attention_mask)
+        facts = read_batch_facts(cfg, input_ids, vision_mask, attention_mask)
+        n_vision, left_padded, padded, vision_span = facts
         routing = Routing.from_vision_mask(vision_mask, n_vision)
 
         if use_cache and past_key_values is None:
@@ -603,7 +611,7 @@ class LibraModel(LibraPreTrainedModel):
             position_ids = torch.arange(n_past, n_past + N, device=input_ids.device).expand(B, N)
         if cache is not None and cache.is_static:
             cache.begin_forward(attention_mask, B, input_ids.device)
-        attn = AttentionLayout.build(attention_mask, routing, n_past, left_padded, vision_span)
+        attn = AttentionLayout.build(attention_mask, routing, n_past, left_padded, padded, vision_span)
 
         x = self.embed(input_ids, vision_indices, contiguous_signal, routing)  # (B*N, C) sorted
         rope = rope_cos_sin(position_ids, cfg.head_dim, x.dtype)
@@ -686,23 +694,25 @@ def check_inputs(cfg, input_ids, vision_indices, attention_mask, contiguous_sign
         )
 
 
-def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, bool, tuple[int, int]]:
-    """Number of image slots, whether any row is left-padded, and the column span [lo, hi) holding image
-    slots, read in one sync. Also checks that every image slot holds a vision id (>= vocab_size) and
-    every text slot a text id."""
+def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, bool, bool, tuple[int, int]]:
+    """Number of image slots, whether any row of the new positions is left-padded, whether any key
+    (cached or new) is padding, and the column span [lo, hi) holding image slots, read in one sync.
+    Also checks that every image slot holds a vision id (>= vocab_size) and every text slot a text id."""
     V, VV, M = cfg.vocab_size, cfg.vision_vocab_size, cfg.max_vision_token_length
     text_ids = input_ids[0]
     bad_text = (~vision_mask & ((text_ids < 0) | (text_ids >= V))).sum()
     bad_vision = (vision_mask & ((input_ids < V) | (input_ids >= V + VV))).sum()
-    left_padded = torch.zeros((), dtype=torch.long, device=input_ids.device)
-    if attention_mask is not None and attention_mask.shape[1] == vision_mask.shape[1]:
-        left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).sum()
+    left_padded = padded = torch.zeros((), dtype=torch.long, device=input_ids.device)
+    if attention_mask is not None:
+        padded = (attention_mask == 0).sum()
+        if attention_mask.shape[1] == vision_mask.shape[1]:
+            left_padded = (attention_mask[:, 1:] > attention_mask[:, :-1]).sum()
     columns = vision_mask.any(0)  # (N,)
     position = torch.arange(columns.numel(), device=columns.device)
     lo = torch.where(columns, position, columns.numel()).min()
     hi = torch.where(columns, position + 1, 0).max()
-    n_vision, bad_text, bad_vision, left_padded, lo, hi = torch.stack(
-        [vision_mask.sum(), bad_text, bad_vision, left_padded, lo, hi]
+    n_vision, bad_text, bad_vision, left_padded, padded, lo, hi = torch.stack(
+        [vision_mask.sum(), bad_text, bad_vision, left_padded, padded, lo, hi]
     ).tolist()
     if bad_text:
         raise ValueError(
@@ -714,7 +724,7 @@ def read_batch_facts(cfg, input_ids, vision_mask, attention_mask) -> tuple[int, 
             f"input_ids: {bad_vision} entries at image slots (vision_indices < {M}) are not vision ids in "
             f"[{V}, {V + VV}); check that vision_indices and input_ids describe the same images."
         )
-    return n_vision, left_padded > 0, (lo, hi)
+    return n_vision, left_padded > 0, padded > 0, (lo, hi)
 
 
 class LibraVisionHead(nn.Module):
@@ -822,8 +832,11 @@ class LibraForCausalLM(LibraPreTrainedModel):
         B, N = routing.vision_mask.shape
         flat_pos = torch.arange(B, device=h_sorted.device) * N + N - 1
         h = h_sorted.index_select(0, routing.inverse[flat_pos])  # (B, C)
-        # both heads on these B rows (cheap); the modality of each row picks which one is kept
         text = self.lm_head(h)  # (B, V)
+        if routing.n_vision == 0:  # every row is text (a decoding step of text rows): no vision head
+            minus_inf = text.new_full((K, B, self.config.vision_vocab_size), float("-inf"))
+            return torch.cat([text.expand(K, -1, -1), minus_inf], dim=-1)[:, :, None]
+        # both heads on these B rows (cheap); the modality of each row picks which one is kept
         vision = self.vision_lm_head(
             self.vision_head_input(h, flat_pos, vision_indices, history, n_past)
         )  # (K, B, VV)

@@ -87,7 +87,7 @@ def test_fused_attention_matches_naive(left_padding, layout):
     columns = vision.any(0).nonzero()
     span = (int(columns.min()), int(columns.max()) + 1)
     assert (span == (0, N)) == (layout == "wide")
-    layout = AttentionLayout.build(mask, routing, 0, left_padding, span)
+    layout = AttentionLayout.build(mask, routing, 0, left_padding, True, span)
     with torch.no_grad():
         fused = routing.to_sequence(
             attn(routing.to_sorted(h), routing, rope_cos_sin(pos, C // H, h.dtype), layout, None), B
@@ -117,7 +117,7 @@ def test_fused_attention_gradients_match_naive(layout):
     routing = Routing.from_vision_mask(vision)
     columns = vision.any(0).nonzero()
     span = (int(columns.min()), int(columns.max()) + 1)
-    built = AttentionLayout.build(mask, routing, 0, False, span)
+    built = AttentionLayout.build(mask, routing, 0, False, True, span)
     assert built.image_prefix is not None and built.image_prefix[1].numel() == B * span[1]
     weight = torch.randn(B, N, C, generator=torch.Generator().manual_seed(2)) * mask[..., None]
 

@@ -28,7 +28,7 @@ def _layer_inputs(model, vision_mask: torch.Tensor):
     columns = vision_mask.any(0).nonzero()
     span = (int(columns.min()), int(columns.max()) + 1) if len(columns) else (N, 0)
     routing = Routing.from_vision_mask(vision_mask)
-    attn = AttentionLayout.build(None, routing, 0, False, span)
+    attn = AttentionLayout.build(None, routing, 0, False, False, span)
     C = model.config.hidden_size
     x = torch.randn(B * N, C, requires_grad=torch.is_grad_enabled())
     rope = rope_cos_sin(torch.arange(N).expand(B, N), model.config.head_dim, x.dtype)
