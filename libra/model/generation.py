@@ -148,6 +148,8 @@ def generate(
     frame_columns = (columns == boi) | (columns == eoi)  # boi and eoi: never inside the code grid
 
     for step in range(max_new_tokens):
+        # rows whose last token sits on an image slot: the host knows it from the vision-index rule
+        image_rows = sum(index + step < M for index in last_index)
         if cache is None or step == 0:
             if signal is not None and signal.shape[1] < ids.shape[-1]:
                 # generated tokens carry no CLIP features (docs/design.md §4.2)
@@ -160,12 +162,11 @@ def generate(
             )  # fmt: skip
             logits = out.logits
         elif static:
-            n_vision = sum(index + step < M for index in last_index)
             if compile and ids.device.type == "cuda":
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are consumed
             # fresh contiguous copies: the same strides at every step, so a compiled step is reused
             last = [t[..., -1:].clone(memory_format=torch.contiguous_format) for t in (ids, vis, pos)]
-            logits = step_fn(*last, cache, n_vision)
+            logits = step_fn(*last, cache, image_rows)
             logits = logits.clone() if compile else logits  # CUDA graphs reuse their output memory
             cache.advance(1)
         else:
@@ -180,11 +181,9 @@ def generate(
         vis_last = vis[:, -1]
         vis_next = (vis_last + 1).clamp(max=M)
 
-        # forcing: newline after the eoi slot; in strict mode also eoi into the eoi slot. The host knows
-        # every row's slot (as for n_vision): once all rows are on text slots, nothing is forced
-        force_newline = None
-        if any(index + step < M for index in last_index):
-            force_newline = vis_last == M - 1
+        # forcing: newline after the eoi slot; in strict mode also eoi into the eoi slot. Once every row
+        # is on a text slot, nothing is forced
+        force_newline = (vis_last == M - 1) if image_rows else None
         if force_newline is not None and not strict_image_structure:
             force_newline = force_newline & (step > 0)
             if step == 0 and bool((vis_last == M - 1).any()):

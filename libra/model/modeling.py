@@ -85,18 +85,14 @@ class LowRankGroups(nn.Module):
         super().__init__()
         self._stacks: dict[str, tuple[tuple, torch.Tensor]] = {}
 
-    def keeps_stacks(self, weights: list[torch.Tensor]) -> bool:
-        """Whether a stack of these weights may be built once and reused (see the class docstring)."""
-        return not (
+    def stacked_A(self, name: str, layers: list["LibraLinear"]) -> torch.Tensor:
+        weights = [layer.weight_A for layer in layers]
+        if (
             torch.compiler.is_compiling()
             or self.training
             or (torch.is_grad_enabled() and any(w.requires_grad for w in weights))
             or any(hasattr(w, "ds_id") for w in weights)
-        )
-
-    def stacked(self, name: str, weights: list[torch.Tensor]) -> torch.Tensor:
-        """torch.cat(weights), reused while `keeps_stacks` holds and no weight has changed."""
-        if not self.keeps_stacks(weights):
+        ):
             return torch.cat(weights)
         key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
         cached = self._stacks.get(name)
@@ -112,7 +108,7 @@ class LowRankGroups(nn.Module):
         if x.shape[0] == 0:  # e.g. no image token in a decoding step: not even the stack is needed
             return [x.new_zeros(0, layer.weight_B.shape[0]) for layer in layers]
         ranks = [layer.weight_A.shape[0] for layer in layers]
-        z = F.linear(x, self.stacked(name, [layer.weight_A for layer in layers]))  # (n, sum of ranks)
+        z = F.linear(x, self.stacked_A(name, layers))  # (n, sum of ranks)
         return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
 
     def train(self, mode: bool = True):
@@ -279,7 +275,8 @@ class LibraAttention(LowRankGroups):
             parts += [cat_rows(k_text, k_vision), cat_rows(v_text, v_vision)]
         # with no cache to keep it, the image queries' set is needed only before the end of the last image
         prefix = attn.image_prefix if image_set and not (cache is not None and cache.image_queries) else None
-        if image_set and prefix is None:  # key/value set seen by image queries: text keys carry their bridge
+        full_image_set = image_set and prefix is None
+        if full_image_set:  # key/value set seen by image queries: text keys carry their bridge term
             kb_text, vb_text = self.text_bridges(h_text)
             parts += [cat_rows(k_text + kb_text, k_vision), cat_rows(v_text + vb_text, v_vision)]
         S = len(parts)
@@ -290,7 +287,7 @@ class LibraAttention(LowRankGroups):
         cos, sin = rope
         q, k_t, v_t = apply_rope(qkv[0], cos, sin), apply_rope(qkv[1], cos, sin), qkv[2]
         kv_v = None
-        if S == 5:
+        if full_image_set:
             kv_v = (apply_rope(qkv[3], cos, sin), qkv[4])
         elif prefix is not None:  # the same set over positions [0, hi) only: text rows there, every image row
             text_rows, to_sequence = prefix
