@@ -22,6 +22,7 @@ from toolkit.test_paper_runs import (
     train_losses,
 )
 
+from libra import tracking
 from libra.model import LibraForCausalLM
 from libra.train.lora import BRIDGES, LANGUAGE_LINEARS, VISION_EXPERT, LoraFinetune, count_parameters
 from libra.train.optim import build_adamw
@@ -238,10 +239,38 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def merged_export(stage1: Path, step: Path) -> dict[str, torch.Tensor]:
+    """What the export of a LoRA run whose final state is `step` must hold: stage 1's weights (the base,
+    held in bf16) with that step's adapters merged in, under the official names."""
+    from libra.pretrained import deepspeed_module_state
+    from libra.train.lora import merged_state_dict
+
+    base = {k: v.bfloat16() for k, v in load_file(stage1 / "export" / "model.safetensors").items()}
+    adapters = deepspeed_module_state(step)  # the ZeRO-3 shards, gathered
+    peft_named = {}
+    for key, value in base.items():
+        layer, _, leaf = key.rpartition(".")
+        factor = {"weight_A": "factor_A", "weight_B": "factor_B"}.get(leaf)
+        if factor and f"{layer}.{factor}.lora_A.default.weight" in adapters:
+            peft_named[f"{layer}.{factor}.base_layer.weight"] = value
+        elif f"{layer}.lora_A.default.weight" in adapters:
+            peft_named[f"{layer}.base_layer.weight"] = value
+        else:
+            peft_named[key] = value
+    return merged_state_dict({**peft_named, **adapters}, scaling=4 / 2)
+
+
+def assert_same_weights(ours: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> None:
+    assert ours.keys() == expected.keys(), what
+    differ = {k: (ours[k].float() - v.float()).abs().max().item() for k, v in expected.items()}
+    differ = {k: v for k, v in differ.items() if v > 1e-6}
+    largest = sorted(differ.items(), key=lambda kv: -kv[1])[:5]
+    assert not differ, f"{what}: {len(differ)} tensors differ by more than 1e-6, the largest {largest}"
+
+
 @pytest.mark.slow
 def test_lora_stage2_checkpoints_hold_only_adapters_and_its_export_is_base_plus_adapters(stage1, lora_run):
     from libra.pretrained import deepspeed_module_state
-    from libra.train.lora import merged_state_dict
 
     losses = train_losses(lora_run)
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
@@ -256,19 +285,7 @@ def test_lora_stage2_checkpoints_hold_only_adapters_and_its_export_is_base_plus_
 
     # the export = stage 1's weights (held in bf16) + the final adapters, merged: nothing else moved
     base = {k: v.bfloat16() for k, v in load_file(stage1 / "export" / "model.safetensors").items()}
-    final = deepspeed_module_state(lora_run / "checkpoints" / "step_000003")
-    peft_named = {}
-    for key, value in base.items():
-        layer, _, leaf = key.rpartition(".")
-        lora_layer = f"{layer}.lora_A.default.weight" in final
-        factor = {"weight_A": "factor_A", "weight_B": "factor_B"}.get(leaf)
-        if factor and f"{layer}.{factor}.lora_A.default.weight" in final:
-            peft_named[f"{layer}.{factor}.base_layer.weight"] = value
-        elif lora_layer:
-            peft_named[f"{layer}.base_layer.weight"] = value
-        else:
-            peft_named[key] = value
-    expected = merged_state_dict({**peft_named, **final}, scaling=4 / 2)
+    expected = merged_export(stage1, lora_run / "checkpoints" / "step_000003")
     exported = load_file(lora_run / "export" / "model.safetensors")
     assert exported.keys() == base.keys() == expected.keys()
     for key, value in exported.items():
@@ -288,18 +305,47 @@ def test_lora_stage2_checkpoints_hold_only_adapters_and_its_export_is_base_plus_
     }
 
 
+def train_state_counts(step: Path) -> dict:
+    from libra.safe_load import safe_torch_load
+
+    state = safe_torch_load(step / "train_state_rank0.pt")
+    return {key: state[key] for key in ("step", "samples_seen", "tokens_seen", "data")}
+
+
+def step_record(run_dir: Path, step: int) -> dict:
+    rows = tracking.read_metrics(run_dir / "metrics.jsonl")
+    (record,) = [r for r in rows if r.get("step") == step and "train/loss" in r]
+    return record
+
+
 @pytest.mark.slow
 def test_a_resumed_lora_run_matches_the_uninterrupted_one(user, stage1, lora_run):
     """Only the step-2 checkpoint in a fresh run dir, `resume=auto`: the base is re-read from
-    model.init_from, the adapters and optimizer from the checkpoint; step 3 and the export agree."""
+    model.init_from, the adapters and optimizer from the checkpoint. First the restore alone (a run
+    resumed at its last step exports what it loaded), then the continuation: step 3 and the export agree."""
+    step2 = lora_run / "checkpoints" / "step_000002"
+    restored = user["cwd"] / "lora_restored"
+    shutil.copytree(step2, restored / "checkpoints" / "step_000002")
+    result = run(user, [*stage2(user, stage1), "resume=auto", "trainer.max_steps=2"], restored)
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
+    loaded = load_file(restored / "export" / "model.safetensors")
+    assert_same_weights(loaded, merged_export(stage1, step2), "export of the restored step-2 state")
+
     resumed = user["cwd"] / "lora_resumed"
-    shutil.copytree(lora_run / "checkpoints" / "step_000002", resumed / "checkpoints" / "step_000002")
+    shutil.copytree(step2, resumed / "checkpoints" / "step_000002")
     result = run(user, [*stage2(user, stage1), "resume=auto"], resumed)
     assert "resumed from" in result.stdout and "at step 2" in result.stdout
-    assert train_losses(resumed) == pytest.approx(train_losses(lora_run)[2:], rel=1e-5)
-    ours = load_file(resumed / "export" / "model.safetensors")
-    for key, value in load_file(lora_run / "export" / "model.safetensors").items():
-        torch.testing.assert_close(ours[key], value, rtol=0, atol=1e-6, msg=key)
+    ours, theirs = step_record(resumed, 3), step_record(lora_run, 3)
+    # the same data position and count of non-padding tokens (so the same batch) before the same loss
+    counts = [train_state_counts(folder / "checkpoints" / "step_000003") for folder in (resumed, lora_run)]
+    assert counts[0] == counts[1]
+    steps = [line for line in result.stdout.splitlines() if line.startswith("[libra]")]
+    assert ours["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-5), (ours, theirs, steps)
+    assert_same_weights(
+        load_file(resumed / "export" / "model.safetensors"),
+        load_file(lora_run / "export" / "model.safetensors"),
+        "export of the resumed run against the uninterrupted one",
+    )
 
 
 @pytest.mark.slow
