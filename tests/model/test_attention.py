@@ -53,7 +53,15 @@ SPANS = {
     "wide": [[(3, 9), (15, 20), (30, 36)], [(0, 6), (20, 33)], [(5, 7), (10, 12), (14, 16), (25, 40)]],
     # images only inside columns [5, 29): the image pass runs on that slice with an offset causal mask
     "narrow": [[(5, 9), (12, 20)], [(6, 10)], [(8, 12), (20, 29)]],
+    # one image in the same columns of every row (a LAION batch): the text pass runs on the text
+    # columns only, before and after the image, or only after it
+    "aligned": [[(2, 26)]] * B,
+    "aligned_at_start": [[(0, 24)]] * B,
+    # the same, but with 23 text columns after a short image the masked tail would cost more blocks
+    # than the whole causal pass: not split
+    "aligned_short": [[(5, 17)]] * B,
 }
+SPLIT = {"aligned", "aligned_at_start"}  # layouts whose text pass runs on the text columns only
 
 
 def _batch(left_padding: bool, spans, seed: int = 0):
@@ -87,7 +95,9 @@ def test_fused_attention_matches_naive(left_padding, layout):
     columns = vision.any(0).nonzero()
     span = (int(columns.min()), int(columns.max()) + 1)
     assert (span == (0, N)) == (layout == "wide")
-    layout = AttentionLayout.build(mask, routing, 0, left_padding, True, span)
+    layout_name, layout = layout, AttentionLayout.build(mask, routing, 0, left_padding, True, span)
+    # only without a mask (right padding): a left-padded row's image columns are its own
+    assert (layout.text_tail_mask is not None) == (layout_name in SPLIT and not left_padding)
     with torch.no_grad():
         fused = routing.to_sequence(
             attn(routing.to_sorted(h), routing, rope_cos_sin(pos, C // H, h.dtype), layout, None), B
@@ -107,7 +117,8 @@ def test_fused_attention_matches_naive(left_padding, layout):
 @pytest.mark.parametrize("layout", sorted(SPANS))
 def test_fused_attention_gradients_match_naive(layout):
     """Training runs the image queries' key/value set only before the last image's end ("narrow": 29 of
-    40 positions); the gradients of the input and of every weight must still be the naive ones."""
+    40 positions) and, with the image in the same columns of every row, the text pass on the text
+    columns only; the gradients of the input and of every weight must still be the naive ones."""
     torch.manual_seed(0)
     cfg = LibraConfig(hidden_size=C, num_attention_heads=H, intermediate_size=64, vocab_size=64)
     attn = LibraAttention(cfg, layer_idx=0)
@@ -119,13 +130,18 @@ def test_fused_attention_gradients_match_naive(layout):
     span = (int(columns.min()), int(columns.max()) + 1)
     built = AttentionLayout.build(mask, routing, 0, False, True, span)
     assert built.image_prefix is not None and built.image_prefix[1].numel() == B * span[1]
+    assert (built.text_tail_mask is not None) == (layout in SPLIT)
     weight = torch.randn(B, N, C, generator=torch.Generator().manual_seed(2)) * mask[..., None]
 
     def gradients(run):
         attn.zero_grad()
         x = h.clone().requires_grad_()
         (run(x) * weight).sum().backward()
-        return [x.grad] + [p.grad.clone() for p in attn.parameters()]
+        # a weight no output depends on has no gradient (e.g. the text bridges with no text key before
+        # the image's end): zero, as in the naive version
+        return [x.grad] + [
+            torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in attn.parameters()
+        ]
 
     rope = rope_cos_sin(pos, C // H, h.dtype)
     fused = gradients(
