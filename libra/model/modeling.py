@@ -334,14 +334,15 @@ class LibraAttention(LowRankGroups):
             k_v, v_v = kv_v
             lo, hi = attn.vision_span
             end = k_v.shape[2] - (N - hi) if prefix is None else hi
+            first = attn.vision_first_query  # lo, or 0 when the plain causal pass over [0, hi) is cheaper
             out_v = F.scaled_dot_product_attention(
-                q[:, :, lo:hi],
+                q[:, :, first:hi],
                 k_v[:, :, :end],
                 v_v[:, :, :end],
                 attn_mask=attn.vision_mask,
                 is_causal=attn.vision_is_causal,
                 dropout_p=dropout,
-            )  # (B, H, hi - lo, D)
+            )[:, :, lo - first :]  # (B, H, hi - lo, D)
             out_v = out_v.transpose(1, 2).reshape(B * (hi - lo), H * D)
             out_vision = out_v.index_select(0, attn.vision_rows)
         return join_rows(routing, self.o_proj, self.vision_o_proj, out_text, out_vision)
@@ -380,6 +381,7 @@ class AttentionLayout:
     cache_position: torch.Tensor | None = None
     image_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
     text_tail_mask: torch.Tensor | None = None
+    vision_first_query: int = 0  # the image pass computes query columns [this, hi), keeps [lo, hi)
 
     @classmethod
     def for_decoding_step(cls, cache: LibraCache, routing: Routing) -> "AttentionLayout":
@@ -415,9 +417,14 @@ class AttentionLayout:
         else:
             mask, is_causal = mask_for(0, N), False
         vision_mask, vision_is_causal, vision_rows, image_prefix = None, False, None, None
+        vision_first_query = lo
         if routing.n_text < B * N:
             if (lo, hi) == (0, N):
                 vision_mask, vision_is_causal = mask, is_causal
+            elif mask is None and is_causal and 2 * lo < hi:
+                # the queries [0, hi) under the plain causal mask, the first lo outputs dropped: hi^2 / 2
+                # query x key blocks, where the (hi - lo, hi) mask below makes the kernel compute all
+                vision_is_causal, vision_first_query = True, 0
             else:
                 vision_mask = mask_for(lo, hi)
             flat = routing.perm[routing.n_text :]
@@ -440,7 +447,7 @@ class AttentionLayout:
             text_tail_mask = (k_pos <= q_pos)[None, None]  # (1, 1, N - hi, N)
         return cls(
             mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows,
-            image_prefix=image_prefix, text_tail_mask=text_tail_mask,
+            image_prefix=image_prefix, text_tail_mask=text_tail_mask, vision_first_query=vision_first_query,
         )  # fmt: skip
 
 

@@ -53,6 +53,9 @@ SPANS = {
     "wide": [[(3, 9), (15, 20), (30, 36)], [(0, 6), (20, 33)], [(5, 7), (10, 12), (14, 16), (25, 40)]],
     # images only inside columns [5, 29): the image pass runs on that slice with an offset causal mask
     "narrow": [[(5, 9), (12, 20)], [(6, 10)], [(8, 12), (20, 29)]],
+    # images only in columns [18, 26), late: the image pass runs on that slice under an explicit mask;
+    # before (narrow), the plain causal pass over [0, hi) with the first lo outputs dropped is cheaper
+    "late": [[(18, 22)], [(19, 26)], [(18, 24)]],
     # one image in the same columns of every row (a LAION batch): the text pass runs on the text
     # columns only, before and after the image, or only after it
     "aligned": [[(2, 26)]] * B,
@@ -98,6 +101,8 @@ def test_fused_attention_matches_naive(left_padding, layout):
     layout_name, layout = layout, AttentionLayout.build(mask, routing, 0, left_padding, True, span)
     # only without a mask (right padding): a left-padded row's image columns are its own
     assert (layout.text_tail_mask is not None) == (layout_name in SPLIT and not left_padding)
+    from_zero = not left_padding and 2 * span[0] < span[1]
+    assert layout.vision_first_query == (0 if from_zero else span[0])
     with torch.no_grad():
         fused = routing.to_sequence(
             attn(routing.to_sorted(h), routing, rope_cos_sin(pos, C // H, h.dtype), layout, None), B
