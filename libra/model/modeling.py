@@ -369,7 +369,7 @@ class AttentionLayout:
     the image columns' outputs (a LAION sample: 72 text queries of 650). Its outputs, row-major over
     (b, text column), are the text rows in sorted order already (the routing sort is stable). A masked
     pass cannot skip the blocks above the diagonal, so this is done only where it computes fewer
-    query x key blocks than the whole causal pass (not for 1470 text queries after the image in 2048).
+    query x key blocks than the whole causal pass (not for 1469 text queries after the image in 2048).
     """
 
     mask: torch.Tensor | None
