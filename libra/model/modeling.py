@@ -442,9 +442,7 @@ class AttentionLayout:
         # against N^2 / 2 for the whole causal pass
         fewer_blocks = lo * lo + 2 * (N - hi) * N < N * N
         if is_causal and routing.n_text > 0 and same_columns and fewer_blocks:
-            q_pos = torch.arange(hi, N, device=device)[:, None]
-            k_pos = torch.arange(N, device=device)[None, :]
-            text_tail_mask = (k_pos <= q_pos)[None, None]  # (1, 1, N - hi, N)
+            text_tail_mask = mask_for(hi, N)  # (B or 1, 1, N - hi, N)
         return cls(
             mask, is_causal, (lo, hi), vision_mask, vision_is_causal, vision_rows,
             image_prefix=image_prefix, text_tail_mask=text_tail_mask, vision_first_query=vision_first_query,
