@@ -33,8 +33,6 @@ EXTRA_OVERRIDES = {
     ("data", "mixture_coco_llava"): REAL_DATA,
     ("model", "libra_7b"): ["tokenizer=libra"],
     ("tokenizer", "from_pretrained"): ["model=from_pretrained"],
-    # the tiny experiment sets scheduler.min_lr_ratio, an argument of the cosine schedule only
-    ("scheduler", "constant"): ["experiment=pretrain", *REAL_DATA],
 }
 
 

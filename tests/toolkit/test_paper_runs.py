@@ -170,3 +170,23 @@ def test_benchmark_official_scores_a_run_dir(stage1, user, tmp_path):
     assert "vqav2/accuracy" in result.stdout and "coco_caption/CIDEr" in result.stdout
     metrics = json.loads((tmp_path / "bench" / "metrics.json").read_text())
     assert "benchmark/vqav2/accuracy" in metrics
+
+
+@pytest.mark.slow
+def test_the_default_experiment_takes_either_scheduler(user, tmp_path):
+    """`python run.py scheduler=constant`: the tiny experiment's own schedule is a scheduler option
+    (conf/scheduler/tiny.yaml), so choosing another one replaces it whole instead of failing to compose."""
+    common = [*TINY_MODEL, *SMALL_RUN, NO_BENCHMARK, "logger=none", "trainer.max_steps=8"]
+    common += ["trainer.eval_every=0", "trainer.checkpoint_every=0", "optimizer.lr=1e-3"]
+    curves = {}
+    for option in ("constant", "tiny"):
+        run_dir = run(user, [*common, f"scheduler={option}", "scheduler.warmup_steps=2"], tmp_path / option)
+        rows = tracking.read_metrics(run_dir / "metrics.jsonl")
+        curves[option] = [r["train/lr"] for r in rows if "train/lr" in r]
+    assert len(curves["constant"]) == len(curves["tiny"]) == 8, curves
+    # train/lr at step k is the rate of step k + 1: with a 2-step warm-up, step 1 logs the peak. Then it is
+    # flat there, or a cosine from the peak that ends at the floor of 0.1 x the peak at the last step
+    assert curves["constant"] == pytest.approx([1e-3] * 8), curves
+    decay = curves["tiny"][1:]
+    assert decay[0] == pytest.approx(1e-3), curves
+    assert all(b < a for a, b in zip(decay, decay[1:])) and decay[-1] == pytest.approx(1e-4), curves
