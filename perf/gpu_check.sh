@@ -5,11 +5,14 @@
 #   bash perf/gpu_check.sh --cpu OUT_DIR    # smoke run: tiny dimensions on the CPU, no install
 #
 # OUT_DIR receives gpu_check.json and gpu_check.md (the table), plus each part's JSON and log.
-# Install (GPU mode): CUDA torch of the version the project pins (TORCH_SPEC, default torch==2.13.0, as
-# scripts/setup_env.sh) from the PyTorch CUDA wheel index (TORCH_INDEX; default: the first of cu130,
-# cu128, cu126 that has it), unless that version with CUDA is installed already; then DeepSpeed and
-# `pip install -e .[train]`. WHEELS=DIR installs from local wheels instead of the network (a machine
-# that cannot reach an index). PYTHON picks the interpreter (default python3).
+# Install (GPU mode): only what the perf scripts import and the machine lacks. A CUDA build of torch that
+# is already there is used, whatever its version (GPU images come with one; the version is recorded in
+# gpu_check.json); without one, TORCH_SPEC (default torch==2.13.0, as scripts/setup_env.sh) is installed
+# from the PyTorch CUDA wheel index (TORCH_INDEX; default: the first of cu130, cu128, cu126 that has it).
+# The perf scripts need the model's own imports only (transformers, safetensors, tokenizers, sentencepiece,
+# numpy, pillow, pyyaml, tqdm; no DeepSpeed, Hydra or W&B): those missing are installed. WHEELS=DIR
+# installs from local wheels instead of the network (a machine that cannot reach an index).
+# PYTHON picks the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,23 +35,13 @@ if [ "$cpu" = 1 ]; then
 fi
 
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-want=${TORCH_SPEC#torch==}
 pip_from=()
 if [ -n "${WHEELS:-}" ]; then
   pip_from=(--no-index --find-links "$WHEELS")
 fi
 start=$(date +%s)
-have_cuda_torch() {
-  "$PY" - "$want" <<'EOF'
-import sys
-try:
-    import torch
-except ImportError:
-    sys.exit(1)
-sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] and torch.cuda.is_available() else 1)
-EOF
-}
-if ! have_cuda_torch; then
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_check: no CUDA build of torch in $PY (or no GPU visible to it): installing $TORCH_SPEC"
   if [ -n "${WHEELS:-}" ]; then
     "$PY" -m pip install -q "${pip_from[@]}" "$TORCH_SPEC"
   else
@@ -65,11 +58,23 @@ if ! have_cuda_torch; then
     fi
   fi
 fi
-# DeepSpeed's build imports torch: no build isolation (as scripts/setup_env.sh)
-"$PY" -m pip install -q "${pip_from[@]}" --no-build-isolation "deepspeed>=0.18"
-"$PY" -m pip install -q "${pip_from[@]}" -e ".[train]"
-echo "gpu_check: installed in $(( $(date +%s) - start )) s" | tee "$out/install.log"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
+# the modules libra.model and the LLaMA baseline import (pyproject.toml's dependencies, as pip names them)
+missing=$("$PY" - <<'EOF'
+import importlib.util
+
+needed = {"transformers": "transformers>=5.17", "safetensors": "safetensors", "tokenizers": "tokenizers",
+          "sentencepiece": "sentencepiece", "numpy": "numpy", "PIL": "pillow", "yaml": "pyyaml", "tqdm": "tqdm"}
+print(" ".join(spec for module, spec in needed.items() if importlib.util.find_spec(module) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+  echo "gpu_check: installing $missing"
+  # one requirement per word
+  # shellcheck disable=SC2086
+  "$PY" -m pip install -q "${pip_from[@]}" $missing
+fi
+echo "gpu_check: ready in $(( $(date +%s) - start )) s" | tee "$out/install.log"
+"$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), 'transformers', transformers.__version__)" \
   | tee -a "$out/install.log"
 
 # the figures themselves: perf/gpu_check.py bounds each part with a timeout (8 minutes in all)
