@@ -359,6 +359,41 @@ def _missing_keys(node: DictConfig | ListConfig, prefix: str) -> list[str]:
     return found
 
 
+# run.py's config folder: the group options are read from it to say which one defines a missing key
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _fix_for_missing_key(error: Exception) -> str:
+    """The fix of an interpolation to a key the composed config lacks: the options of its group that
+    define it (`tokenizer.text_folder` is defined by tokenizer=libra), or setting the key."""
+    quoted = str(error).split("'")  # "Interpolation key 'tokenizer.text_folder' not found"
+    missing = quoted[1] if len(quoted) > 2 else ""
+    options = _options_defining(missing) if missing else []
+    if options:
+        which = "it" if len(options) == 1 else "one of them"
+        return f"{missing} is defined by {' or '.join(options)}: choose {which}, or add +{missing}=<value>"
+    return "pick config groups that go together, or set the missing key"
+
+
+def _options_defining(dotted: str) -> list[str]:
+    """`group=option` for each conf/<group>/<option>.yaml whose own keys include the rest of `dotted`."""
+    group, _, rest = dotted.partition(".")
+    folder = CONF_DIR / group
+    if not rest or not folder.is_dir():
+        return []
+    options = []
+    for path in sorted(folder.glob("*.yaml")):
+        node: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        for part in rest.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            options.append(f"{group}={path.stem}")
+    return options
+
+
+_ABSENT = object()
+
+
 def _broken_interpolations(node: DictConfig | ListConfig, prefix: str) -> list[Problem]:
     """Interpolations that point at keys the composed config does not have (e.g. the tiny tokenizer's
     ``${data.cache_dir}`` when the data is not the synthetic set)."""
@@ -383,7 +418,7 @@ def _broken_interpolations(node: DictConfig | ListConfig, prefix: str) -> list[P
                     Problem(
                         name,
                         f"{text} does not resolve ({error.msg.splitlines()[0]})",
-                        "pick config groups that go together, or set the missing key",
+                        _fix_for_missing_key(error),
                     )
                 )
         elif not OmegaConf.is_missing(node, key):

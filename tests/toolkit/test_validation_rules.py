@@ -168,6 +168,26 @@ def test_interpolation_to_a_key_of_another_choice_is_named():
     cfg.tokenizer = {"cache_dir": "${data.cache_dir}"}
     msg = _problems(cfg)
     assert "tokenizer.cache_dir: ${data.cache_dir} does not resolve" in msg
+    assert "fix: pick config groups that go together" in msg  # no data option defines cache_dir
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fix"),
+    [
+        (["model=libra_7b"], "tokenizer.text_folder is defined by tokenizer=libra: choose it"),
+        (
+            ["tokenizer=from_pretrained"],
+            "model.init_from is defined by model=from_pretrained or model=libra_11b: choose one of them",
+        ),
+    ],
+)
+def test_a_key_of_another_group_option_names_the_options_that_define_it(overrides, fix, hydra_cleared):
+    """Group options that go together (model=libra_7b reads the LLaMA folder from tokenizer=libra):
+    the fix names the options whose yaml defines the missing key, and the `+key=` that adds it."""
+    with pytest.raises(ConfigError) as info:
+        validate(compose_config(overrides))
+    missing = fix.split(" ")[0]
+    assert f"fix: {fix}, or add +{missing}=<value>" in str(info.value)
 
 
 @pytest.mark.parametrize(
