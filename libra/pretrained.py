@@ -248,7 +248,9 @@ def load_pretrained_processor(path: str | Path | ResolvedCheckpoint, **settings)
 
 
 def load_pretrained(
-    path: str | Path, device: torch.device | str | None = None, precision: str | None = None
+    path: str | Path | ResolvedCheckpoint,
+    device: torch.device | str | None = None,
+    precision: str | None = None,
 ) -> tuple[LibraForCausalLM, LibraProcessor]:
     """(model in eval mode, processor) on `device`, for inference; prints which checkpoint it used.
 
@@ -256,7 +258,7 @@ def load_pretrained(
     """
     import torch
 
-    resolved = resolve_pretrained(path)
+    resolved = path if isinstance(path, ResolvedCheckpoint) else resolve_pretrained(path)
     print(f"[libra] {resolved.describe()}", flush=True)
     device = torch.device(device) if device is not None else default_device()
     model = load_pretrained_model(resolved, dtype=inference_dtype(device, precision))

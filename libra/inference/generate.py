@@ -21,7 +21,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from libra.pretrained import default_device, load_pretrained, read_training_record, trained_for_text_to_image
+from libra.pretrained import (
+    default_device,
+    load_pretrained,
+    read_training_record,
+    resolve_pretrained,
+    trained_for_text_to_image,
+)
 from libra.tokenizer.samples import CaptionSample
 
 
@@ -29,8 +35,9 @@ from libra.tokenizer.samples import CaptionSample
 def generate_images(cfg: DictConfig) -> list[Path]:
     """Draw one image for `cfg.prompt`; returns the PNG paths written to the run dir."""
     device = default_device()
-    model, processor = load_pretrained(cfg.checkpoint, device)
-    trained = trained_for_text_to_image(read_training_record(cfg.checkpoint))
+    resolved = resolve_pretrained(cfg.checkpoint)  # once: the weights and their record are one checkpoint
+    model, processor = load_pretrained(resolved, device)
+    trained = trained_for_text_to_image(read_training_record(resolved))
     if trained is False:
         print(
             f"[libra] task=generate: {cfg.checkpoint} was not trained for text-to-image: no training sample "
