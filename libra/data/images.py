@@ -32,8 +32,9 @@ class ImageTooLarge(ValueError):
     """An image whose header claims more pixels than the reader's ``max_image_pixels``."""
 
 
-# What opening an image can raise on bad data; ``image_fault`` names the skip reason.
-IMAGE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+# What opening an image can raise on bad data; ``image_fault`` names the skip reason. Pillow's
+# PNG decoder raises SyntaxError ("broken PNG file") for a damaged chunk found while decoding.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def image_fault(error: Exception) -> str:
