@@ -45,6 +45,14 @@ def references_of(entry: dict) -> list[str]:
     return captions
 
 
+def image_path_of(entry: dict) -> str:
+    """The entry's image path (relative to the image root); raises ValueError when it has none."""
+    image = entry.get("image")
+    if not isinstance(image, str) or not image:
+        raise ValueError(f"image must be a path relative to the image root, got {image!r}")
+    return image
+
+
 def karpathy_to_coco_ground_truth(annotation_file: str | Path) -> dict:
     """COCO caption ground truth (``images`` + ``annotations``) built from a Karpathy json, with the
     image ids ``KarpathyCaptions`` puts in its sample keys. References are kept raw: the metric
@@ -54,11 +62,12 @@ def karpathy_to_coco_ground_truth(annotation_file: str | Path) -> dict:
     for index, entry in enumerate(entries):
         try:
             captions = references_of(entry)
+            file_name = Path(image_path_of(entry)).name  # COCO: a bare file name
         except (ValueError, AttributeError) as error:
             skip("malformed_entry", f"karpathy entry {index} of {annotation_file}", str(error))
             continue
         image_id = image_id_of(entry, index)
-        images.append({"id": image_id, "file_name": Path(entry["image"]).name})  # COCO: a bare file name
+        images.append({"id": image_id, "file_name": file_name})
         for caption in captions:
             annotations.append({"image_id": image_id, "caption": caption, "id": len(annotations) + 1})
     return {
@@ -114,7 +123,7 @@ class KarpathyCaptions(Dataset):
         where = f"karpathy entry {position} of {self.annotation_file}"
         try:
             caption = references_of(entry)[reference]
-            relative = entry["image"]
+            relative = image_path_of(entry)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             return skip("malformed_entry", where, str(error))
         caption = self.clean_caption(caption)

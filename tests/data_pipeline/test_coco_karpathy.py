@@ -101,3 +101,26 @@ def test_ground_truth_matches_the_shipped_corpus(data_dir):
     reference = json.loads((folder / "coco_karpathy_test_gt.json").read_text())
     assert len(ours["annotations"]) == 3203
     assert ours["images"] == reference["images"] and ours["annotations"] == reference["annotations"]
+
+
+def test_an_entry_without_an_image_path_is_skipped_not_fatal(tmp_path, photos, caplog):
+    (tmp_path / "val2014").mkdir()
+    photos["chelsea"].save(tmp_path / "val2014" / "COCO_val2014_000000522418.jpg")
+    entries = [
+        {"image": None, "caption": "a null path"},
+        {"image": 17, "caption": "a number for a path"},
+        {"caption": "no image field"},
+        {"image": "val2014/COCO_val2014_000000522418.jpg", "caption": ["A cat", "A pet"]},
+    ]
+    path = tmp_path / "coco_karpathy_val.json"
+    path.write_text(json.dumps(entries))
+    dataset = KarpathyCaptions(str(path), str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="libra.data"):
+        items = [dataset[i] for i in range(len(dataset))]
+    assert items[:3] == [Skipped("malformed_entry", f"karpathy entry {i} of {path}") for i in range(3)]
+    assert [(s.key, s.caption) for s in items[3:]] == [("522418", "a cat"), ("522418", "a pet")]
+    assert "karpathy entry 0 of" in caplog.text and "None" in caplog.text
+    # the ground truth leaves the same entries out, and names them
+    gt = karpathy_to_coco_ground_truth(path)
+    assert gt["images"] == [{"id": 522418, "file_name": "COCO_val2014_000000522418.jpg"}]
+    assert [a["caption"] for a in gt["annotations"]] == ["A cat", "A pet"]
