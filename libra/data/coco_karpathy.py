@@ -103,6 +103,11 @@ class KarpathyCaptions(Dataset):
             raise ValueError(f"Karpathy caption file {annotation_file} must hold a json list of entries")
         entries = entries[:sample_n] if sample_n is not None else entries
         self.annotation_file, self.image_root = annotation_file, Path(image_root)
+        if not self.image_root.is_dir():
+            # a mistyped root would turn every entry into a missing_image skip, not an error
+            raise FileNotFoundError(
+                f"Karpathy caption image root {image_root} is not a folder; check data.root in the config"
+            )
         self.image_transform, self.max_image_pixels = image_transform, max_image_pixels
         self.clean_caption = CaptionCleaner(max_words, lowercase, strip_html)
         # (entry position, reference position): the reference list is only read when indexed

@@ -65,6 +65,12 @@ class LlavaInstructions(Dataset):
         self.image_roots = (
             [Path(image_roots)] if isinstance(image_roots, str) else [Path(r) for r in image_roots]
         )
+        absent = [str(root) for root in self.image_roots if not root.is_dir()]
+        if absent:
+            # a mistyped root would turn every image entry into a missing_image skip, not an error
+            raise FileNotFoundError(
+                f"LLaVA image root(s) {absent} are not folders; check data.image_roots in the data config"
+            )
         self.image_transform = image_transform
         self.dash_underscore_fallback = dash_underscore_fallback
         self.image_token_count = image_token_count

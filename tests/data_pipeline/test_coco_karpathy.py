@@ -124,3 +124,9 @@ def test_an_entry_without_an_image_path_is_skipped_not_fatal(tmp_path, photos, c
     gt = karpathy_to_coco_ground_truth(path)
     assert gt["images"] == [{"id": 522418, "file_name": "COCO_val2014_000000522418.jpg"}]
     assert [a["caption"] for a in gt["annotations"]] == ["A cat", "A pet"]
+
+
+def test_an_image_root_that_is_not_there_is_a_clear_error(karpathy):
+    # not 5000 missing_image skips and a validation loss over nothing
+    with pytest.raises(FileNotFoundError, match=f"image root {karpathy.parent / 'coco'} is not a folder"):
+        KarpathyCaptions(str(karpathy), str(karpathy.parent / "coco"))

@@ -111,3 +111,10 @@ def test_length_grouped_batches_hold_similar_lengths():
         for b in zip(*[iter(order)] * 4)
     ]
     assert sum(spread) / len(spread) < 25  # random batches of 4 from 0..100 spread ~60
+
+
+def test_an_image_root_that_is_not_there_is_a_clear_error(llava):
+    # a mistyped root would otherwise leave only the text-only entries, each image one a skip
+    roots = [str(llava.parent / "root_a"), str(llava.parent / "root_c")]
+    with pytest.raises(FileNotFoundError, match="root_c"):
+        LlavaInstructions(str(llava), roots)
