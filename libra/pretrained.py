@@ -239,6 +239,37 @@ def load_pretrained_model(
     return model.to(dtype) if dtype is not None else model
 
 
+def check_loaded_weights(folder: Path, config, info: dict, ignore_mismatched_sizes: bool = False) -> None:
+    """Raise unless a model folder's weights filled the model its config.json describes exactly.
+
+    transformers leaves a parameter the files lack at its random init and drops a tensor the model has
+    no place for, with a warning only: a damaged shard or weights of another config (more layers,
+    another vocabulary) would give a model that runs and answers nonsense. `info` is the
+    `output_loading_info` of `from_pretrained`."""
+    found = {
+        "missing (they would start at random)": sorted(info["missing_keys"]),
+        "with no place in the model": sorted(info["unexpected_keys"]),
+    }
+    if not ignore_mismatched_sizes:
+        found["of another shape"] = [
+            f"{key} {tuple(saved)} vs {tuple(wanted)}"
+            for key, saved, wanted in sorted(info["mismatched_keys"])
+        ]
+    problems = [
+        f"{len(keys)} weight(s) {what}: {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}"
+        for what, keys in found.items()
+        if keys
+    ]
+    if problems:
+        raise ValueError(
+            f"checkpoint {folder}: its weight files do not match its config.json (num_hidden_layers="
+            f"{config.num_hidden_layers}, hidden_size={config.hidden_size}, vocab_size={config.vocab_size}); "
+            + "; ".join(problems)
+            + ". The weight files are damaged or were saved with another config: re-export or re-download "
+            "the folder, or put back the config.json that came with its weights"
+        )
+
+
 def load_pretrained_processor(path: str | Path | ResolvedCheckpoint, **settings) -> LibraProcessor:
     """The processor of any checkpoint kind; `settings` override the saved text settings."""
     from libra.tokenizer.processor import LibraProcessor

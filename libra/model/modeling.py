@@ -1008,7 +1008,7 @@ class LibraForCausalLM(LibraPreTrainedModel):
 
         resolved = resolve_pretrained(pretrained_model_name_or_path)
         if resolved.kind == "pretrained":
-            return super().from_pretrained(resolved.weights, *model_args, **kwargs)
+            return cls._from_model_folder(resolved.weights, *model_args, **kwargs)
         dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
         if model_args or kwargs:
             raise TypeError(
@@ -1016,6 +1016,33 @@ class LibraForCausalLM(LibraPreTrainedModel):
                 f"{sorted(kwargs) or model_args}"
             )
         return load_pretrained_model(resolved, dtype=dtype)
+
+    @classmethod
+    def _from_model_folder(cls, folder: Path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained` of a local folder, refusing a Libra checkpoint whose files do
+        not fill the model exactly (`libra.pretrained.check_loaded_weights`). A LLaMA folder
+        (`from_llama`) loads as transformers loads it: its vision half starts fresh on purpose."""
+        import json
+
+        from libra.pretrained import check_loaded_weights
+
+        try:
+            libra_checkpoint = json.loads((folder / "config.json").read_text()).get("model_type") == "libra"
+        except (OSError, ValueError, AttributeError):  # transformers names the unreadable file below
+            libra_checkpoint = False
+        wants_info = kwargs.pop("output_loading_info", False)
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        model, info = super().from_pretrained(
+            folder,
+            *model_args,
+            output_loading_info=True,
+            # a Libra checkpoint's mismatches come back in `info`, to be named with the folder below
+            ignore_mismatched_sizes=ignore_mismatched or libra_checkpoint,
+            **kwargs,
+        )
+        if libra_checkpoint:
+            check_loaded_weights(folder, model.config, info, ignore_mismatched)
+        return (model, info) if wants_info else model
 
     @classmethod
     def from_llama(cls, folder, dtype: torch.dtype | None = None, **config_overrides) -> "LibraForCausalLM":

@@ -4,6 +4,7 @@ layout (vision tokenizer as `vqgan.ckpt`) give identical logits; each is reporte
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_train_config
+from safetensors.torch import load_file, save_file
 
+from libra import LibraForCausalLM
 from libra.pretrained import load_pretrained, resolve_pretrained, trained_for_text_to_image
 from libra.tokenizer.samples import ConversationSample, Turn
 from libra.train.recipe import train
@@ -92,3 +95,55 @@ def test_trained_for_text_to_image_follows_the_chain_of_bases():
     # a base without a record (the official release): nothing to say
     assert trained_for_text_to_image({**fresh, "init_from": "/official/Libra-11B"}) is None
     assert trained_for_text_to_image(None) is None
+
+
+def _edit_weights(folder: Path, drop: str | None = None, add: str | None = None) -> None:
+    weights = load_file(folder / "model.safetensors")
+    if drop:
+        del weights[drop]
+    if add:
+        weights[add] = torch.zeros(64, 32)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _edit_config(folder: Path, **values) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **values}))
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (
+            lambda f: _edit_weights(f, drop="model.layers.1.input_layernorm.weight"),
+            "1 weight.s. missing .*: model.layers.1.input_layernorm.weight",
+        ),
+        (
+            lambda f: _edit_weights(f, add="model.layers.7.mlp.up_proj.weight"),
+            "1 weight.s. with no place in the model: model.layers.7.mlp.up_proj.weight",
+        ),
+        (lambda f: _edit_config(f, num_hidden_layers=3), "33 weight.s. missing .*: model.layers.2."),
+        (lambda f: _edit_config(f, num_hidden_layers=1), "33 weight.s. with no place .*: model.layers.1."),
+        (
+            lambda f: _edit_config(f, vocab_size=900),
+            r"of another shape: lm_head.weight \(800, 32\) vs \(900, 32\)",
+        ),
+    ],
+    ids=["missing_key", "extra_key", "config_more_layers", "config_fewer_layers", "config_other_vocab"],
+)
+def test_weights_that_do_not_fill_the_config_exactly_are_refused(tiny_export, tmp_path, damage, expected):
+    """transformers leaves a weight the files lack at random and drops one the model has no place for,
+    with a warning only; every loader of a Libra checkpoint refuses both, naming the weights."""
+    folder = shutil.copytree(tiny_export, tmp_path / "damaged")
+    damage(folder)
+    for load in (
+        lambda: load_pretrained(folder, device="cpu"),
+        lambda: LibraForCausalLM.from_pretrained(folder),
+    ):
+        with pytest.raises(
+            ValueError, match=f"checkpoint {folder}: its weight files do not match .*{expected}"
+        ):
+            load()
+    # the undamaged folder loads, and the loading info transformers returns on request still comes back
+    model, info = LibraForCausalLM.from_pretrained(tiny_export, output_loading_info=True)
+    assert isinstance(model, LibraForCausalLM) and not info["missing_keys"] and not info["unexpected_keys"]
