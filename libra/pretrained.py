@@ -60,8 +60,15 @@ class ResolvedCheckpoint:
 
 
 def resolve_pretrained(path: str | Path) -> ResolvedCheckpoint:
-    """Decide what `path` is; raises FileNotFoundError naming what was looked for."""
-    path = Path(path).expanduser()
+    """Decide what `path` is; raises FileNotFoundError naming what was looked for, or ValueError
+    naming a damaged weight file of the model folder it found."""
+    resolved = _resolve(Path(path).expanduser())
+    if resolved.kind == "pretrained":
+        check_weight_files(resolved.weights)
+    return resolved
+
+
+def _resolve(path: Path) -> ResolvedCheckpoint:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if _is_pretrained_folder(path):
@@ -129,6 +136,45 @@ def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
 
 def _is_pretrained_folder(folder: Path) -> bool:
     return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+
+
+def check_weight_files(folder: Path) -> None:
+    """The safetensors files of a model folder are all there and their headers read (a cut-short or
+    overwritten file fails here), checked before anything loads: the loaders' own errors name neither
+    the file nor a missing shard's index. Reads the headers only."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"{index} is not a readable safetensors index ({type(error).__name__}: {error}); "
+                "re-download or re-export the folder"
+            ) from None
+        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+        if missing:
+            raise FileNotFoundError(
+                f"{index} names {len(missing)} weight file(s) that are not in {folder}: "
+                f"{', '.join(missing)}; the download or copy is incomplete: fetch the missing shards"
+            )
+    elif not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{folder} has a config.json but no model weights (model.safetensors or "
+            "model.safetensors.index.json + shards); pass the folder that holds them"
+        )
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (OSError, SafetensorError) as error:
+            raise ValueError(
+                f"{file} is damaged ({error}): it was cut short or overwritten; re-download or re-export "
+                "the folder"
+            ) from None
 
 
 def _is_deepspeed_step(folder: Path) -> bool:

@@ -147,3 +147,75 @@ def test_weights_that_do_not_fill_the_config_exactly_are_refused(tiny_export, tm
     # the undamaged folder loads, and the loading info transformers returns on request still comes back
     model, info = LibraForCausalLM.from_pretrained(tiny_export, output_loading_info=True)
     assert isinstance(model, LibraForCausalLM) and not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def _shard(folder: Path) -> None:
+    """model.safetensors split in two shards + index, the layout of the official release."""
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    keys = sorted(weights)
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :]), start=1):
+        name = f"model-0000{i}-of-00002.safetensors"
+        save_file({k: weights[k] for k in part}, folder / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+
+
+def _cut_short(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "error", "expected"),
+    [
+        (lambda f: _cut_short(f / "model.safetensors"), ValueError, "model.safetensors is damaged"),
+        (
+            lambda f: _cut_short(f / "vision_tokenizer.safetensors"),
+            ValueError,
+            "vision_tokenizer.safetensors is damaged",
+        ),
+        (
+            lambda f: (_shard(f), (f / "model-00002-of-00002.safetensors").unlink()),
+            FileNotFoundError,
+            "model.safetensors.index.json names 1 weight file.s. that are not in .*: model-00002-of-00002",
+        ),
+        (
+            lambda f: (_shard(f), (f / "model.safetensors.index.json").write_text("{")),
+            ValueError,
+            "model.safetensors.index.json is not a readable safetensors index",
+        ),
+        (
+            lambda f: (f / "model.safetensors").unlink(),
+            FileNotFoundError,
+            "has a config.json but no model weights",
+        ),
+    ],
+    ids=[
+        "truncated",
+        "truncated_vision_tokenizer",
+        "index_names_a_missing_shard",
+        "index_unreadable",
+        "no_weights",
+    ],
+)
+def test_damaged_or_missing_weight_files_are_named_before_loading(
+    tiny_export, tmp_path, damage, error, expected
+):
+    """The safetensors loaders' own errors name no file ('incomplete metadata, file not fully covered');
+    the resolver reads every header first and names the file, here and through a run dir."""
+    run_dir = tmp_path / "run"
+    folder = shutil.copytree(tiny_export, run_dir / "export")
+    damage(folder)
+    for path in (folder, run_dir):
+        with pytest.raises(error, match=expected):
+            resolve_pretrained(path)
+    with pytest.raises(error, match=expected):
+        load_pretrained(folder, device="cpu")
+    # a sharded folder with all its shards loads like the single file
+    sharded = shutil.copytree(tiny_export, tmp_path / "sharded")
+    _shard(sharded)
+    assert resolve_pretrained(sharded).kind == "pretrained"
+    assert isinstance(LibraForCausalLM.from_pretrained(sharded), LibraForCausalLM)
