@@ -600,7 +600,7 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
     if not (root / "config.json").is_file():
         try:
             root = resolve_pretrained(folder).files  # a run dir or step folder: where its config.json is
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ValueError) as error:  # ValueError: a damaged weight file
             return [Problem(key, str(error), f"{key}=<export folder, run dir or checkpoints/step_* folder>")]
     model_file, vision_file = root / "config.json", root / "vision_tokenizer_config.yaml"
     for needed in (model_file, vision_file):
@@ -612,9 +612,18 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
                     f"{key}=<folder with config.json and vision_tokenizer_config.yaml>",
                 )
             ]
-    model = json.loads(model_file.read_text())
-    vision = yaml.safe_load(vision_file.read_text())
-    params, dd = vision["params"], vision["params"]["ddconfig"]
+    # a damaged file is reported like any other problem, not as a parser's traceback
+    try:
+        model = json.loads(model_file.read_text())
+        if not isinstance(model, dict):
+            raise TypeError(f"a {type(model).__name__}, not a JSON object")
+    except (OSError, ValueError, TypeError) as error:
+        return [_unreadable(key, model_file, error)]
+    try:
+        vision = yaml.safe_load(vision_file.read_text())
+        params, dd = vision["params"], vision["params"]["ddconfig"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+        return [_unreadable(key, vision_file, error)]
     clip_file = root / dd["encoder_name"] / "config.json"
     problems = []
 
@@ -642,6 +651,14 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
         layers = len(dd["select_layer"])
         expect("contiguous_signal_size", width * layers, f"CLIP width {width} x {layers} selected layers")
     return problems
+
+
+def _unreadable(key: str, file: Path, error: Exception) -> Problem:
+    return Problem(
+        key,
+        f"{file} is unreadable ({type(error).__name__}: {error})",
+        f"{key}=<a checkpoint folder whose files are intact>  (re-export or re-download it)",
+    )
 
 
 def _rule_checkpoint_shapes(cfg: DictConfig) -> list[Problem]:

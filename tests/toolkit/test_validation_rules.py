@@ -156,6 +156,30 @@ def test_folder_without_model_is_refused(tmp_path):
     assert "not a model folder (config.json + *.safetensors)" in msg and "pass one of those" in msg
 
 
+@pytest.mark.parametrize(
+    ("file", "text"),
+    [
+        ("config.json", "{bad"),
+        ("config.json", "[1, 2]"),
+        ("vision_tokenizer_config.yaml", "a: [b"),
+        ("vision_tokenizer_config.yaml", "a: 1"),
+    ],
+)
+def test_unreadable_checkpoint_files_are_a_problem_not_a_traceback(tmp_path, data_dir, file, text):
+    folder = _checkpoint(tmp_path, data_dir)
+    (folder / file).write_text(text)
+    msg = _problems(_cfg(task="benchmark", checkpoint=str(folder)))
+    assert f"checkpoint: {folder / file} is unreadable" in msg
+    assert "re-export or re-download it" in msg
+
+
+def test_a_run_dir_whose_export_is_damaged_is_a_problem_not_a_traceback(tmp_path, data_dir):
+    export = _checkpoint(tmp_path, data_dir).rename(tmp_path / "export")
+    (export / "model.safetensors").write_bytes(b"\x00" * 7)  # cut short: not even a header
+    msg = _problems(_cfg(task="benchmark", checkpoint=str(tmp_path)))
+    assert f"checkpoint: {export / 'model.safetensors'} is damaged" in msg
+
+
 def test_benchmark_precision_follows_training():
     msg = _problems(_cfg(benchmark__precision="bf16"))
     assert "benchmark.precision: 'bf16' differs from trainer.precision='fp32'" in msg
