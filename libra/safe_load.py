@@ -32,12 +32,19 @@ class UnsafePickleError(pickle.UnpicklingError):
     """A file that names a callable outside the allow-list: it was not loaded."""
 
 
+class DamagedFileError(ValueError):
+    """A file that is not a readable torch archive (cut short, overwritten): it was not loaded."""
+
+
 def safe_torch_load(
     path: str | Path, map_location: Any = "cpu", allow: Sequence[Any] = (), mmap: bool | None = None
 ) -> Any:
     """``torch.load(path, weights_only=True)`` with the classes in `allow` also permitted.
 
     Raises ``UnsafePickleError`` naming the file and the refused global; nothing from the file runs.
+    Raises ``DamagedFileError`` naming a file torch cannot read: torch's own errors for those
+    ("PytorchStreamReader failed reading zip archive", "[Errno 22] Invalid argument", a bare
+    EOFError) name no file, and inside DeepSpeed's loader nothing else would say which one it was.
     """
     try:
         with torch.serialization.safe_globals(list(allow)):
@@ -49,6 +56,14 @@ def safe_torch_load(
             f"refused to load {path}: it asks the unpickler for something other than tensors and plain "
             f"data ({detail}). libra never runs code from checkpoint files; if you wrote this file "
             "yourself with another library version, convert it to safetensors in a process you trust."
+        ) from err
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, OSError, EOFError) as err:
+        detail = str(err).splitlines()[0] if str(err) else "the file ends early"
+        raise DamagedFileError(
+            f"{path} is not a readable torch file ({type(err).__name__}: {detail}); it was cut short or "
+            "overwritten after it was saved: use another checkpoint or copy the file again"
         ) from err
 
 

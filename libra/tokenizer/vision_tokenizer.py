@@ -358,13 +358,13 @@ def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an official ``vqgan.ckpt``, read without executing pickled code."""
     if not path.is_file():
         raise FileNotFoundError(f"vision tokenizer weights {path} not found (params.ckpt_path)")
-    from libra.safe_load import safe_torch_load
+    from libra.safe_load import UnsafePickleError, safe_torch_load
 
     try:
         # the official file is {"state_dict": OrderedDict of tensors}: nothing beyond torch's own
         # weights_only globals is needed, so nothing else is allowed
         blob = safe_torch_load(path)
-    except Exception as err:
+    except UnsafePickleError as err:  # a damaged file (DamagedFileError) is no case for the conversion
         raise RuntimeError(
             f"{path} cannot be read safely with torch.load(weights_only=True): {err}\n"
             f"If you trust the file, convert it once to safetensors:\n"

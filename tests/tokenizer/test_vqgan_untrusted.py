@@ -31,3 +31,15 @@ def test_official_layout_loads_with_weights_only_and_a_crafted_ckpt_is_refused(t
         VisionTokenizer.from_pretrained(folder)
     assert "refused to load" in str(error.value.__cause__)
     assert not marker.exists()
+
+
+def test_a_damaged_ckpt_is_named_without_the_advice_to_convert_it(tmp_path):
+    """Converting (weights_only=False) is the way for a trusted file the restricted unpickler refuses,
+    not for one that was cut short: that one is reported as damaged."""
+    folder = tmp_path / "model"
+    shutil.copytree(MODEL_DIR, folder)
+    ckpt = folder / "vqgan.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(ValueError, match=f"{ckpt} is not a readable torch file") as error:
+        VisionTokenizer.from_pretrained(folder)
+    assert "convert_vqgan" not in str(error.value)

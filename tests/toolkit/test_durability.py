@@ -16,7 +16,7 @@ import torch
 
 from libra import run_lock
 from libra.durable_files import IncompleteFolder, read_manifest, replace_folder, write_manifest
-from libra.safe_load import UnsafePickleError, safe_torch_load, safe_unpickling
+from libra.safe_load import DamagedFileError, UnsafePickleError, safe_torch_load, safe_unpickling
 from libra.tracking import read_metrics, truncate_metrics
 
 
@@ -133,3 +133,30 @@ def test_a_pickle_with_a_payload_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
     torch.save({"weight": torch.ones(2)}, tmp_path / "plain.pt")
     assert torch.equal(safe_torch_load(tmp_path / "plain.pt")["weight"], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"",
+        lambda data: data[: len(data) // 2],
+        lambda data: (
+            data[: len(data) // 2] + bytes(len(data) - len(data) // 2)
+        ),  # same size: the manifest agrees
+    ],
+    ids=["empty", "cut_short", "tail_zeroed"],
+)
+def test_a_damaged_torch_file_is_named(tmp_path, damage):
+    """torch's errors for these ('[Errno 22] Invalid argument', 'PytorchStreamReader failed reading zip
+    archive', a bare EOFError) name no file; inside DeepSpeed's loader nothing else would."""
+    torch.save({"weight": torch.ones(64, 64), "step": 3}, tmp_path / "state.pt")
+    file = tmp_path / "state.pt"
+    file.write_bytes(damage(file.read_bytes()))
+    with pytest.raises(
+        DamagedFileError, match=f"{file} is not a readable torch file .*cut short or overwritten"
+    ):
+        safe_torch_load(file)
+    with safe_unpickling(), pytest.raises(DamagedFileError, match=f"{file} is not a readable torch file"):
+        torch.load(file, weights_only=False)
+    with pytest.raises(FileNotFoundError):  # a missing file stays what it is
+        safe_torch_load(tmp_path / "missing.pt")
