@@ -74,13 +74,16 @@ def _resolve(path: Path) -> ResolvedCheckpoint:
     if _is_pretrained_folder(path):
         layout = "the official release layout" if (path / "vqgan.ckpt").is_file() else "an export folder"
         return ResolvedCheckpoint("pretrained", path, path, f"{path} is {layout}")
-    if _is_deepspeed_step(path):
-        from libra.durable_files import IncompleteFolder, read_manifest
+    from libra.durable_files import MANIFEST, IncompleteFolder, read_manifest
 
+    # a manifest without the model states: a step folder whose mp_rank_00_model_states.pt went missing,
+    # which the manifest names (else it would be reported as no checkpoint at all)
+    if _is_deepspeed_step(path) or (path / MANIFEST).is_file():
         try:
             manifest = read_manifest(path)  # written last by the save: without it it may be half written
         except IncompleteFolder as error:
             raise FileNotFoundError(f"checkpoint {path} is incomplete: {error}") from None
+    if _is_deepspeed_step(path):
         if manifest.get("adapters_only", False):  # absent in checkpoints of older versions
             raise FileNotFoundError(
                 f"checkpoint {path} holds LoRA adapters only (finetune=lora), not a model; load the run's "
@@ -91,7 +94,7 @@ def _resolve(path: Path) -> ResolvedCheckpoint:
             "deepspeed_step",
             path,
             _model_files_for(path),
-            f"{path} is a DeepSpeed checkpoint of step {_step_of(path)}",
+            f"{path} is a DeepSpeed checkpoint of step {_step_of(path.resolve())}",
         )
     if path.name == "checkpoints" and path.is_dir():
         return _from_run_dir(path.parent, asked=path)
@@ -204,7 +207,9 @@ def _complete_checkpoints(run_dir: Path) -> list[Path]:
 def _model_files_for(step_dir: Path) -> Path:
     """config.json + processor files for a DeepSpeed step folder: the step itself, the run's
     ``model_files/`` (written when training starts) or, for runs of older versions, its export."""
-    run_dir = step_dir.parent.parent  # <run dir>/checkpoints/step_N
+    # <run dir>/checkpoints/step_N, wherever a symlink to the step folder lies: the files of another
+    # run next to the link must not be taken for its own
+    run_dir = step_dir.resolve().parent.parent
     for candidate in (step_dir, run_dir / MODEL_FILES, run_dir / "export"):
         if (candidate / "config.json").is_file():
             return candidate
@@ -281,17 +286,31 @@ def load_pretrained_model(
     config = LibraConfig.from_pretrained(resolved.files)
     model = LibraForCausalLM(config)
     state = deepspeed_module_state(resolved.weights)
+    wanted = model.state_dict()
+    info = {  # what transformers' loading info says, so both kinds are refused with one message
+        "missing_keys": wanted.keys() - state.keys(),
+        "unexpected_keys": state.keys() - wanted.keys(),
+        "mismatched_keys": [
+            (key, state[key].shape, wanted[key].shape)
+            for key in wanted.keys() & state.keys()
+            if state[key].shape != wanted[key].shape
+        ],
+    }
+    check_loaded_weights(resolved.weights, config, info, config_file=resolved.files / "config.json")
     model.load_state_dict(state, strict=True)
     return model.to(dtype) if dtype is not None else model
 
 
-def check_loaded_weights(folder: Path, config, info: dict, ignore_mismatched_sizes: bool = False) -> None:
-    """Raise unless a model folder's weights filled the model its config.json describes exactly.
+def check_loaded_weights(
+    folder: Path, config, info: dict, ignore_mismatched_sizes: bool = False, config_file: Path | None = None
+) -> None:
+    """Raise unless a checkpoint's weights filled the model its config.json describes exactly.
 
     transformers leaves a parameter the files lack at its random init and drops a tensor the model has
     no place for, with a warning only: a damaged shard or weights of another config (more layers,
     another vocabulary) would give a model that runs and answers nonsense. `info` is the
-    `output_loading_info` of `from_pretrained`."""
+    `output_loading_info` of `from_pretrained` (or the same keys for a DeepSpeed state dict);
+    `config_file` is named when the config does not lie in `folder` (a DeepSpeed step's model_files/)."""
     found = {
         "missing (they would start at random)": sorted(info["missing_keys"]),
         "with no place in the model": sorted(info["unexpected_keys"]),
@@ -308,7 +327,8 @@ def check_loaded_weights(folder: Path, config, info: dict, ignore_mismatched_siz
     ]
     if problems:
         raise ValueError(
-            f"checkpoint {folder}: its weight files do not match its config.json (num_hidden_layers="
+            f"checkpoint {folder}: its weight files do not match {config_file or 'its config.json'} "
+            f"(num_hidden_layers="
             f"{config.num_hidden_layers}, hidden_size={config.hidden_size}, vocab_size={config.vocab_size}); "
             + "; ".join(problems)
             + ". The weight files are damaged or were saved with another config: re-export or re-download "

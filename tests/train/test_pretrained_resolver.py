@@ -219,3 +219,51 @@ def test_damaged_or_missing_weight_files_are_named_before_loading(
     _shard(sharded)
     assert resolve_pretrained(sharded).kind == "pretrained"
     assert isinstance(LibraForCausalLM.from_pretrained(sharded), LibraForCausalLM)
+
+
+def _deepspeed_run(tiny_export: Path, run_dir: Path) -> Path:
+    """A run dir in seconds: model_files/ and one complete ZeRO 0-2 step folder of the tiny export's
+    weights (what libra/train/checkpoint.py writes, without the optimizer state)."""
+    from libra.durable_files import write_manifest
+
+    shutil.copytree(tiny_export, run_dir / "model_files")
+    (run_dir / "model_files" / "model.safetensors").unlink()  # config + processor files only
+    step = run_dir / "checkpoints" / "step_000002"
+    step.mkdir(parents=True)
+    torch.save({"module": load_file(tiny_export / "model.safetensors")}, step / "mp_rank_00_model_states.pt")
+    write_manifest(step, step=2, world_size=1, bad_streak=0, adapters_only=False)
+    return step
+
+
+def test_a_step_folder_missing_its_model_states_is_named_incomplete(tiny_export, tmp_path):
+    step = _deepspeed_run(tiny_export, tmp_path / "run")
+    assert resolve_pretrained(step).kind == "deepspeed_step"
+    (step / "mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="is incomplete: .*mp_rank_00_model_states.pt is missing"):
+        resolve_pretrained(step)
+
+
+def test_deepspeed_weights_that_do_not_fill_the_run_config_are_refused(tiny_export, tmp_path):
+    step = _deepspeed_run(tiny_export, tmp_path / "run")
+    _edit_config(tmp_path / "run" / "model_files", num_hidden_layers=3)
+    config = tmp_path / "run" / "model_files" / "config.json"
+    with pytest.raises(
+        ValueError, match=f"{step}: its weight files do not match {config} .*33 weight.s. missing"
+    ):
+        load_pretrained(step, device="cpu")
+
+
+def test_a_symlinked_step_folder_takes_the_files_of_its_own_run(tiny_export, tmp_path):
+    """The config and processor of a step folder are its run's model_files/, wherever a link to it lies;
+    not an unrelated export next to the link."""
+    step = _deepspeed_run(tiny_export, tmp_path / "run")
+    shutil.copytree(tiny_export, tmp_path / "export")  # another model, two levels above the link
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "best").symlink_to(step)
+    resolved = resolve_pretrained(tmp_path / "links" / "best")
+    assert resolved.files == (tmp_path / "run" / "model_files").resolve()
+    assert "step 2" in resolved.reason
+    torch.testing.assert_close(
+        load_pretrained(resolved, device="cpu")[0].state_dict(),
+        LibraForCausalLM.from_pretrained(tiny_export).state_dict(),
+    )
