@@ -538,7 +538,12 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
     problems = []
     if cfg.task in ("benchmark", "chat", "generate", "serve", "demo") and cfg.checkpoint is None:
         problems.append(Problem("checkpoint", f"task={cfg.task} needs a checkpoint", "checkpoint=<run dir>"))
-    if cfg.checkpoint is not None and cfg.task != "train" and not os.path.isdir(cfg.checkpoint):
+    # ~ is expanded as libra.pretrained.resolve_pretrained expands it
+    if (
+        cfg.checkpoint is not None
+        and cfg.task != "train"
+        and not os.path.isdir(os.path.expanduser(cfg.checkpoint))
+    ):
         problems.append(
             Problem(
                 "checkpoint",
@@ -596,7 +601,7 @@ def checkpoint_shape_problems(folder: str | os.PathLike, key: str) -> list[Probl
 
     from libra.pretrained import resolve_pretrained
 
-    root = Path(folder)
+    root = Path(folder).expanduser()
     if not (root / "config.json").is_file():
         try:
             root = resolve_pretrained(folder).files  # a run dir or step folder: where its config.json is
@@ -664,10 +669,14 @@ def _unreadable(key: str, file: Path, error: Exception) -> Problem:
 def _rule_checkpoint_shapes(cfg: DictConfig) -> list[Problem]:
     """Image-token count and CLIP feature width agree between model and tokenizer of the folders read."""
     problems = []
-    if cfg.task != "train" and cfg.checkpoint is not None and os.path.isdir(cfg.checkpoint):
+    if (
+        cfg.task != "train"
+        and cfg.checkpoint is not None
+        and os.path.isdir(os.path.expanduser(cfg.checkpoint))
+    ):
         problems += checkpoint_shape_problems(cfg.checkpoint, "checkpoint")
     init_from = _get(cfg, "model.init_from")
-    if cfg.task == "train" and isinstance(init_from, str) and os.path.isdir(init_from):
+    if cfg.task == "train" and isinstance(init_from, str) and os.path.isdir(os.path.expanduser(init_from)):
         problems += checkpoint_shape_problems(init_from, "model.init_from")
     return problems
 

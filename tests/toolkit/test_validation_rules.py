@@ -180,6 +180,17 @@ def test_a_run_dir_whose_export_is_damaged_is_a_problem_not_a_traceback(tmp_path
     assert f"checkpoint: {export / 'model.safetensors'} is damaged" in msg
 
 
+def test_a_checkpoint_under_home_is_named_with_tilde(tmp_path, data_dir, monkeypatch):
+    """`checkpoint='~/...'` (quoted, or from a config file) is what the resolver loads: validation
+    expands ~ the same way, checks the folder and does not refuse it as missing."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _checkpoint(tmp_path, data_dir)  # tmp_path/ckpt
+    validate(_cfg(task="generate", checkpoint="~/ckpt", prompt="a red bus"))
+    _checkpoint(tmp_path / "other", data_dir, vision_vocab_size=514)
+    msg = _problems(_cfg(model__init_from="~/other/ckpt"))
+    assert "model.init_from:" in msg and "vision_vocab_size=514" in msg
+
+
 def test_benchmark_precision_follows_training():
     msg = _problems(_cfg(benchmark__precision="bf16"))
     assert "benchmark.precision: 'bf16' differs from trainer.precision='fp32'" in msg
