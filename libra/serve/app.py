@@ -31,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -38,7 +39,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from libra.tokenizer.image_processing import ImageError, open_image
+from libra.tokenizer.image_processing import ImageError
 
 from .batching import BatchingEngine, Delta, Failed, Finished, GenerationRequest, RequestError, Sampling
 from .protocol import (
@@ -231,8 +232,8 @@ class _Handlers:
                 messages, images, sampling, max_tokens, self.settings.default_max_tokens, tuple(stop)
             )
 
-    def _messages(self, messages: list[ChatMessage]) -> tuple[list[dict], list[Image.Image]]:
-        """OpenAI messages → the processor's chat messages and the images, decoded, in order."""
+    def _messages(self, messages: list[ChatMessage]) -> tuple[list[dict], list[torch.Tensor]]:
+        """OpenAI messages → the processor's chat messages and the images, as pixels, in order."""
         converted, images = [], []
         for i, message in enumerate(messages):
             role = "system" if message.role == "developer" else message.role
@@ -257,8 +258,9 @@ class _Handlers:
                 converted.append({"role": role, "content": message.content or ""})
         return converted, images
 
-    def _image(self, url: str, where: str) -> Image.Image:
-        """An ``image_url``: a base64 data URL, or a local path when the server allows it."""
+    def _image(self, url: str, where: str) -> torch.Tensor:
+        """An ``image_url`` (a base64 data URL, or a local path when the server allows it) as the
+        preprocessor's uint8 pixels."""
         if url.startswith("data:"):
             header, comma, payload = url.partition(",")
             if not comma or not header.endswith(";base64"):
@@ -287,7 +289,9 @@ class _Handlers:
                 param=where,
             )
         try:
-            return open_image(source, key=where)
+            # preprocessed here, not in the worker: an image the preprocessor refuses (an extreme
+            # aspect ratio) must fail its own request with a 400, not its whole batch with a 500
+            return self.processor.preprocessor.to_uint8(source, key=where)
         except (ImageError, Image.DecompressionBombError) as err:
             raise APIError(400, f"{where}: not an image: {err}", param=where, code="invalid_image") from err
 

@@ -193,6 +193,12 @@ class BatchingEngine:
         """A chat prompt (the processor's chat messages + their images) as a request, its length checked
         against the context. Without ``max_tokens`` it gets ``default_max_tokens``, cut to what fits."""
         try:
+            # to pixels now, in the caller's thread: an image the preprocessor refuses (an extreme
+            # aspect ratio) fails this request, not the whole batch it would decode in
+            images = [
+                self.processor.preprocessor.worker_pixels(image, key=f"image {i}")
+                for i, image in enumerate(images)
+            ]
             prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
             sample = PromptSample(prompt, images, key="request")
             prompt_tokens = len(self.processor.collator.encode(sample, generation=True).ids)

@@ -153,6 +153,7 @@ def _long_text() -> str:
 
 
 NOT_AN_IMAGE = "data:image/png;base64," + base64.b64encode(b"this is not a picture").decode()
+STRIP = data_url(Image.new("RGB", (1, 100)))  # an aspect ratio the preprocessor refuses
 BAD_INPUTS = {
     "data URL that is not an image": (
         {
@@ -160,6 +161,12 @@ BAD_INPUTS = {
                 {"role": "user", "content": [{"type": "image_url", "image_url": {"url": NOT_AN_IMAGE}}]}
             ]
         },
+        400,
+        "invalid_image",
+        "messages[0].content[0].image_url",
+    ),
+    "image of an extreme aspect ratio": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": STRIP}}]}]},
         400,
         "invalid_image",
         "messages[0].content[0].image_url",
@@ -251,6 +258,17 @@ def test_bad_chat_input_gets_a_4xx_with_an_openai_error_body(server, astronaut, 
         timeout=60,
     )
     assert ok.status_code == 200  # the server goes on serving
+
+
+def test_an_image_the_preprocessor_refuses_fails_its_request_not_the_batch(server):
+    """Images become pixels when the request is made (the demo calls chat_request too), so an extreme
+    aspect ratio is a RequestError there, never an error of the batch the request would decode in."""
+    from libra.serve.batching import RequestError, Sampling
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    with pytest.raises(RequestError, match="aspect ratio") as info:
+        server.engine.chat_request(messages, [Image.new("RGB", (1, 100))], Sampling(), None, 8)
+    assert info.value.param == "messages"
 
 
 def test_malformed_json_and_bad_image_requests_get_openai_errors(server, client):
