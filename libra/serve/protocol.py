@@ -30,6 +30,10 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+# torch.Generator.manual_seed's range: a seed outside it must be a 400, not a failed batch
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -69,7 +73,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(default=None, ge=1)  # the newer name of max_tokens
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -133,7 +137,7 @@ class ImageGenerationRequest(_Request):
     response_format: Literal["b64_json", "url"] | None = None
     # not in OpenAI's images API (pass them with the client's extra_body): how the codes are drawn
     temperature: float | None = Field(default=None, ge=0, le=2)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX)
 
 
 class ImageData(BaseModel):

@@ -229,6 +229,12 @@ BAD_INPUTS = {
         "messages",
     ),
     "n > 1": ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "less_than_equal", "n"),
+    "seed out of range": (
+        {"messages": [{"role": "user", "content": "hi"}], "temperature": 1, "seed": 2**70},
+        400,
+        "less_than_equal",
+        "seed",
+    ),
     "temperature out of range": (
         {"messages": [{"role": "user", "content": "hi"}], "temperature": 5},
         400,
@@ -285,6 +291,9 @@ def test_malformed_json_and_bad_image_requests_get_openai_errors(server, client)
     with pytest.raises(openai.BadRequestError) as info:
         client.images.generate(prompt="a red circle", response_format="url")
     assert info.value.body["param"] == "response_format"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(prompt="a red circle", extra_body={"seed": -(2**70)})
+    assert info.value.body["param"] == "seed"
     with pytest.raises(openai.NotFoundError) as info:
         client.images.generate(prompt="a red circle", model="dall-e-3")
     assert info.value.body["code"] == "model_not_found"
