@@ -241,7 +241,8 @@ class _Handlers:
                 parts = []
                 for j, part in enumerate(message.content):
                     if part.type == "text":
-                        parts.append({"type": "text", "text": part.text})
+                        text = _unicode(part.text, f"messages[{i}].content[{j}].text")
+                        parts.append({"type": "text", "text": text})
                         continue
                     if len(images) == self.settings.max_images:
                         raise APIError(
@@ -255,7 +256,9 @@ class _Handlers:
                     parts.append({"type": "image"})
                 converted.append({"role": role, "content": parts})
             else:
-                converted.append({"role": role, "content": message.content or ""})
+                converted.append(
+                    {"role": role, "content": _unicode(message.content or "", f"messages[{i}].content")}
+                )
         return converted, images
 
     def _image(self, url: str, where: str) -> torch.Tensor:
@@ -336,6 +339,22 @@ def _as_api_error():
         yield
     except RequestError as err:
         raise APIError(400, str(err), param=err.param, code=err.code) from err
+
+
+def _unicode(text: str, where: str) -> str:
+    """``text``, checked: JSON can carry a lone surrogate (``"\\ud83d"``, an emoji cut in half), which
+    Python keeps in a str but the tokenizer cannot take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise APIError(
+            400,
+            f"{where}: not valid Unicode: a lone surrogate ({text[err.start]!a}) at character {err.start}; "
+            "send whole characters (an emoji is a surrogate pair in a JSON escape)",
+            param=where,
+            code="invalid_unicode",
+        ) from err
+    return text
 
 
 def _usage(request: GenerationRequest, event: Finished) -> Usage:

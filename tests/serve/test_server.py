@@ -214,6 +214,18 @@ BAD_INPUTS = {
         "context_length_exceeded",
         "max_tokens",
     ),
+    "a lone surrogate in the text": (
+        {"messages": [{"role": "user", "content": "half an emoji: \ud83d"}]},
+        400,
+        "invalid_unicode",
+        "messages[0].content",
+    ),
+    "a lone surrogate in a text part": (
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]},
+        400,
+        "invalid_unicode",
+        "messages[0].content[0].text",
+    ),
     "unknown model": (
         {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
         404,
@@ -253,7 +265,13 @@ def test_bad_chat_input_gets_a_4xx_with_an_openai_error_body(server, astronaut, 
     body = {"model": "libra", **body}
     if body["messages"] is None:
         del body["messages"]
-    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
+    # json.dumps escapes as a browser's JSON.stringify does: a lone surrogate goes out as \ud83d
+    response = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        content=json.dumps(body),
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
