@@ -195,27 +195,33 @@ class _Handlers:
             )
             return f"data: {body.model_dump_json()}\n\n"
 
-        yield chunk(ChunkDelta(role="assistant", content=""))
-        while True:
-            event = await events.get()
-            if isinstance(event, Delta):
-                yield chunk(ChunkDelta(content=event.text))
-            elif isinstance(event, Failed):  # the status line is sent already: the error goes in the stream
-                yield f"data: {json.dumps(APIError(500, event.message, type='server_error').body())}\n\n"
-                break
-            else:
-                yield chunk(ChunkDelta(), finish_reason=event.reason)
-                if include_usage:
-                    usage = ChatCompletionChunk(
-                        id=reply_id,
-                        created=created,
-                        model=self.settings.model_name,
-                        choices=[],
-                        usage=_usage(request, event),
-                    )
-                    yield f"data: {usage.model_dump_json()}\n\n"
-                break
-        yield "data: [DONE]\n\n"
+        try:
+            yield chunk(ChunkDelta(role="assistant", content=""))
+            while True:
+                event = await events.get()
+                if isinstance(event, Delta):
+                    yield chunk(ChunkDelta(content=event.text))
+                elif isinstance(event, Failed):
+                    # the status line is sent already: the error goes in the stream
+                    yield f"data: {json.dumps(APIError(500, event.message, type='server_error').body())}\n\n"
+                    break
+                else:
+                    yield chunk(ChunkDelta(), finish_reason=event.reason)
+                    if include_usage:
+                        usage = ChatCompletionChunk(
+                            id=reply_id,
+                            created=created,
+                            model=self.settings.model_name,
+                            choices=[],
+                            usage=_usage(request, event),
+                        )
+                        yield f"data: {usage.model_dump_json()}\n\n"
+                    break
+            yield "data: [DONE]\n\n"
+        finally:
+            # also when the client disconnected (Starlette cancels or closes this generator): the
+            # worker must not go on decoding up to max_tokens for nobody, holding up the next batch
+            request.cancelled = True
 
     def _chat_request(self, body: ChatCompletionRequest) -> GenerationRequest:
         """Validate a chat request and build its prompt (runs in a thread: images are decoded here)."""

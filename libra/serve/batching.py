@@ -86,6 +86,9 @@ class GenerationRequest:
     group: int = field(default_factory=lambda: next(_request_ids))
     events: asyncio.Queue | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    # set by the handler when its client went away: the worker stops decoding the row (a plain
+    # bool: one writer, and a step late is fine)
+    cancelled: bool = False
 
     def batch_key(self) -> tuple:
         """Requests with equal keys decode in one batch."""
@@ -257,6 +260,8 @@ class BatchingEngine:
                 pending.append(item)
             groups: dict[tuple, list[GenerationRequest]] = {}
             for request in pending:
+                if request.cancelled:  # its client left while it waited
+                    continue
                 groups.setdefault(request.batch_key(), []).append(request)
             for group in groups.values():
                 self._decode(group)
@@ -334,6 +339,9 @@ class _Row:
 
     def add(self, column: torch.Tensor) -> None:
         if self.done:
+            return
+        if self.request.cancelled:  # nobody reads the answer: done, without an event
+            self.done = True
             return
         self.tokens.append(column)
         if self.request.kind == "image":

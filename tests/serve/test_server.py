@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -335,6 +336,41 @@ def test_a_failing_batch_answers_500_and_the_server_goes_on(server, client, monk
     )
     assert reply.choices[0].message.content is not None
     assert server.engine.stats.snapshot()["failed_batches"] >= 1
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_decoding(server, client, monkeypatch):
+    """Closing a stream cancels its row: the worker ends the batch instead of decoding up to
+    max_tokens for nobody (which would hold up every request queued behind it)."""
+    generate = server.engine.model.generate
+
+    def generate_until_cancelled(**kwargs):
+        streamer = kwargs["streamer"]
+        put = streamer.put
+
+        def put_then_wait(tokens):
+            # at the third token, give the server the time to see the client leave (30 s at most)
+            put(tokens)
+            request = streamer.rows[0].request
+            for _ in range(3000 if len(streamer.rows[0].tokens) == 3 else 0):
+                if getattr(request, "cancelled", False):
+                    break
+                time.sleep(0.01)
+
+        streamer.put = put_then_wait
+        return generate(**kwargs)
+
+    monkeypatch.setattr(server.engine.model, "generate", generate_until_cancelled)
+    before = server.engine.stats.snapshot()["completion_tokens"]
+    body = {"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True}) as r:
+        lines = (line for line in r.iter_lines() if line.startswith("data: "))
+        next(lines)  # the role chunk
+        next(lines)  # the first text: decoding has begun
+    # the worker decodes one batch at a time: once this is answered, the stream's batch has ended
+    reply = client.chat.completions.create(model="libra", messages=body["messages"], max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+    spent = server.engine.stats.snapshot()["completion_tokens"] - before - 2
+    assert spent < 50, f"{spent} tokens decoded for a client that left"
 
 
 def test_api_key_and_local_paths_when_switched_on(tiny_export, tmp_path, astronaut):
