@@ -19,6 +19,7 @@ input is answered 4xx with OpenAI's error body and the server goes on serving.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -158,7 +159,7 @@ class _Handlers:
         return self.engine.stats.snapshot()
 
     # ---- chat completions ---------------------------------------------------------------------
-    async def chat_completions(self, body: ChatCompletionRequest):
+    async def chat_completions(self, body: ChatCompletionRequest, http: Request):
         request = await run_in_threadpool(self._chat_request, body)
         events = self.engine.submit(request)
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -167,14 +168,19 @@ class _Handlers:
             chunks = self._stream(events, request, reply_id, created, include_usage)
             return StreamingResponse(chunks, media_type="text/event-stream")
         text = []
-        while True:
-            event = await events.get()
-            if isinstance(event, Delta):
-                text.append(event.text)
-            elif isinstance(event, Failed):
-                raise APIError(500, event.message, type="server_error")
-            else:
-                break
+        # (a streaming response notices a disconnect itself; a plain handler is not told: watch)
+        watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, Delta):
+                    text.append(event.text)
+                elif isinstance(event, Failed):
+                    raise APIError(500, event.message, type="server_error")
+                else:
+                    break
+        finally:
+            watcher.cancel()
         return ChatCompletion(
             id=reply_id,
             created=created,
@@ -336,6 +342,15 @@ class _Handlers:
                 param="model",
                 code="model_not_found",
             )
+
+
+async def _cancel_on_disconnect(http: Request, request: GenerationRequest) -> None:
+    """Wait for the client of ``request`` to disconnect (a client that timed out), then stop decoding
+    its row, which would hold up the requests behind it, and wake its handler."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    request.cancelled = True
+    request.send(Failed("the client disconnected"))
 
 
 @contextlib.contextmanager

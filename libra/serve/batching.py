@@ -65,7 +65,7 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    """Decoding the request's batch raised; the server answers 500 and goes on."""
+    """Decoding the request's batch raised (the server answers 500 and goes on), or its client left."""
 
     message: str
 

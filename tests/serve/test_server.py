@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -338,38 +340,74 @@ def test_a_failing_batch_answers_500_and_the_server_goes_on(server, client, monk
     assert server.engine.stats.snapshot()["failed_batches"] >= 1
 
 
-def test_a_client_that_leaves_mid_stream_stops_its_decoding(server, client, monkeypatch):
-    """Closing a stream cancels its row: the worker ends the batch instead of decoding up to
-    max_tokens for nobody (which would hold up every request queued behind it)."""
-    generate = server.engine.model.generate
+@pytest.fixture
+def decoding_waits_for_a_cancel(server, monkeypatch) -> threading.Event:
+    """At its third token, the first row of a batch waits (30 s at most) for its request to be
+    cancelled, so the test can leave while it decodes; the event is set when the wait begins."""
+    generate, waiting = server.engine.model.generate, threading.Event()
 
     def generate_until_cancelled(**kwargs):
         streamer = kwargs["streamer"]
         put = streamer.put
 
         def put_then_wait(tokens):
-            # at the third token, give the server the time to see the client leave (30 s at most)
             put(tokens)
             request = streamer.rows[0].request
-            for _ in range(3000 if len(streamer.rows[0].tokens) == 3 else 0):
-                if getattr(request, "cancelled", False):
-                    break
-                time.sleep(0.01)
+            if len(streamer.rows[0].tokens) == 3:
+                waiting.set()
+                for _ in range(3000):
+                    if getattr(request, "cancelled", False):
+                        break
+                    time.sleep(0.01)
 
         streamer.put = put_then_wait
         return generate(**kwargs)
 
     monkeypatch.setattr(server.engine.model, "generate", generate_until_cancelled)
+    return waiting
+
+
+def _tokens_after_leaving(server, client, before: int) -> int:
+    """Tokens decoded since ``before`` for the request the test left (a 2-token request answered)."""
+    # the worker decodes one batch at a time: once this is answered, the left request's batch ended
+    reply = client.chat.completions.create(
+        model="libra", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.usage.completion_tokens == 2
+    return server.engine.stats.snapshot()["completion_tokens"] - before - 2
+
+
+LONG_ANSWER = {"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
+
+
+def test_a_client_that_leaves_mid_stream_stops_its_decoding(server, client, decoding_waits_for_a_cancel):
+    """Closing a stream cancels its row: the worker ends the batch instead of decoding up to
+    max_tokens for nobody (which would hold up every request queued behind it)."""
     before = server.engine.stats.snapshot()["completion_tokens"]
-    body = {"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True}) as r:
+    body = {**LONG_ANSWER, "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as r:
         lines = (line for line in r.iter_lines() if line.startswith("data: "))
         next(lines)  # the role chunk
         next(lines)  # the first text: decoding has begun
-    # the worker decodes one batch at a time: once this is answered, the stream's batch has ended
-    reply = client.chat.completions.create(model="libra", messages=body["messages"], max_tokens=2)
-    assert reply.usage.completion_tokens == 2
-    spent = server.engine.stats.snapshot()["completion_tokens"] - before - 2
+    spent = _tokens_after_leaving(server, client, before)
+    assert spent < 50, f"{spent} tokens decoded for a client that left"
+
+
+def test_a_client_that_leaves_before_the_answer_stops_its_decoding(
+    server, client, decoding_waits_for_a_cancel
+):
+    """The same for a plain request (a client that timed out): its row is cancelled, its handler ends."""
+    before = server.engine.stats.snapshot()["completion_tokens"]
+    host, port = server.base_url.removeprefix("http://").split(":")
+    payload = json.dumps(LONG_ANSWER).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        assert decoding_waits_for_a_cancel.wait(timeout=60)
+    spent = _tokens_after_leaving(server, client, before)
     assert spent < 50, f"{spent} tokens decoded for a client that left"
 
 
