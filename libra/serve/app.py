@@ -5,7 +5,7 @@
 
 Endpoints (``/v1`` needs ``Authorization: Bearer <key>`` when an API key is set):
 
-* ``GET /v1/models``: the one model served (``serve.model_name``).
+* ``GET /v1/models``: the one model served (``serve.model_name``); ``GET /v1/models/{id}``: its card.
 * ``POST /v1/chat/completions``: text and ``image_url`` parts (data URLs; local paths only with
   ``serve.allow_local_paths``), ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, and
   ``stream: true`` as server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
@@ -123,6 +123,8 @@ def build_app(engine: BatchingEngine, settings: ServeSettings) -> FastAPI:
     auth = [Depends(handlers.check_api_key)]
     app.get("/health")(handlers.health)
     app.get("/v1/models", dependencies=auth)(handlers.list_models)
+    # :path: a model id may hold a / (org/name)
+    app.get("/v1/models/{model:path}", dependencies=auth)(handlers.retrieve_model)
     app.get("/v1/stats", dependencies=auth)(handlers.stats)
     app.post("/v1/chat/completions", dependencies=auth)(handlers.chat_completions)
     app.post("/v1/images/generations", dependencies=auth)(handlers.generate_images)
@@ -154,6 +156,11 @@ class _Handlers:
 
     async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=self.settings.model_name, created=self.created)])
+
+    async def retrieve_model(self, model: str) -> ModelCard:
+        # client.models.retrieve(...): clients check the model this way before they use it
+        self._check_model(model)
+        return ModelCard(id=self.settings.model_name, created=self.created)
 
     async def stats(self) -> dict:
         return self.engine.stats.snapshot()

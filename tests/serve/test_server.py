@@ -47,6 +47,10 @@ def _image_message(image, text=QUESTION):
 def test_models_lists_the_served_model(client):
     (model,) = client.models.list().data
     assert model.id == "libra" and model.object == "model"
+    assert client.models.retrieve("libra") == model
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("gpt-4o")
+    assert info.value.body["code"] == "model_not_found" and info.value.body["param"] == "model"
 
 
 def test_text_chat_answers_like_the_python_api(client, server):
