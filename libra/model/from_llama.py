@@ -64,6 +64,16 @@ def libra_config_from_llama(folder: str | Path, **config_overrides) -> LibraConf
 
 def load_llama_as_libra(cls, folder: str | Path, dtype: torch.dtype | None = None, **config_overrides):
     """Load `cls` (LibraForCausalLM) with LLaMA weights in the language half and fresh vision weights."""
+    from libra.pretrained import check_loaded_weights
+
     config = libra_config_from_llama(folder, **config_overrides)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    return cls.from_pretrained(folder, config=config, **kwargs)
+    # mismatched shapes come back in `info`, to be named with the folder (not transformers' bare error)
+    model, info = cls.from_pretrained(
+        folder, config=config, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    # the vision half starts fresh on purpose; a language weight the files lack would start at random
+    # too and give a model that runs and answers nonsense (a damaged shard, a tied lm_head)
+    language_missing = [key for key in info["missing_keys"] if "vision" not in key]
+    check_loaded_weights(Path(folder), config, {**info, "missing_keys": language_missing})
+    return model

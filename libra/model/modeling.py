@@ -1021,7 +1021,7 @@ class LibraForCausalLM(LibraPreTrainedModel):
     def _from_model_folder(cls, folder: Path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained` of a local folder, refusing a Libra checkpoint whose files do
         not fill the model exactly (`libra.pretrained.check_loaded_weights`). A LLaMA folder
-        (`from_llama`) loads as transformers loads it: its vision half starts fresh on purpose."""
+        is checked by `from_llama`, whose vision half starts fresh on purpose."""
         import json
 
         from libra.pretrained import check_loaded_weights

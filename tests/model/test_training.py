@@ -1,10 +1,12 @@
 """Training-side features: gradient checkpointing, bf16, and building Libra from a LLaMA folder."""
 
+import re
+import shutil
 import warnings
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from libra.model import LibraForCausalLM
 
@@ -116,6 +118,20 @@ def test_from_llama_text_logits_equal_llama(llama_folder):
         theirs = llama(input_ids=ids).logits
     assert (ours[0, :, :, :128] - theirs).abs().max().item() < 1e-5
     assert torch.isneginf(ours[..., 128:]).all()
+
+
+@pytest.mark.parametrize("dropped", ["model.layers.1.mlp.down_proj.weight", "lm_head.weight"])
+def test_from_llama_refuses_a_folder_that_lacks_a_language_weight(llama_folder, tmp_path, dropped):
+    """Only the vision half may start fresh: a LLaMA weight the files lack (a damaged shard, a LLaMA
+    with a tied head) is named, not left at random init."""
+    folder, _ = llama_folder
+    damaged = tmp_path / "llama"
+    shutil.copytree(folder, damaged)
+    weights = load_file(damaged / "model.safetensors")
+    del weights[dropped]
+    save_file(weights, damaged / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"{damaged}.*missing.*{re.escape(dropped)}"):
+        LibraForCausalLM.from_llama(damaged, **TINY_VISION)
 
 
 def test_from_llama_refuses_a_non_llama_folder(data_dir):
