@@ -66,6 +66,30 @@ class DecodedSample:
     incomplete_image: bool = False  # a boi whose span was cut off (e.g. by max_new_tokens)
 
 
+TEXT_SETTINGS = ("template", "max_length", "add_eos", "caption_mask")
+
+
+def read_text_settings(file: Path) -> dict[str, Any]:
+    """The text settings an export saved (``{}`` without the file), refused with the file's name when
+    it does not parse or holds keys this version does not know (a bare JSON or keyword error would
+    name neither)."""
+    if not file.is_file():
+        return {}
+    fix = "re-export the folder, or write the settings the run used"
+    try:
+        saved = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{file} is unreadable ({type(error).__name__}: {error}); {fix}") from None
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{file} must hold a JSON object of text settings, not a {type(saved).__name__}; {fix}"
+        )
+    unknown = sorted(set(saved) - set(TEXT_SETTINGS))
+    if unknown:
+        raise ValueError(f"{file}: unknown text setting(s) {unknown}; known: {list(TEXT_SETTINGS)}; {fix}")
+    return saved
+
+
 class LibraProcessor:
     """Text tokenizer + vision tokenizer + preprocessing + templates, in one object.
 
@@ -163,8 +187,7 @@ class LibraProcessor:
             preprocessor = ImagePreprocessor.from_clip_folder(clip_dir, pad_to_square=pad_to_square)
         else:
             preprocessor = ImagePreprocessor(size=vision.config.resolution, pad_to_square=pad_to_square)
-        settings_file = folder / PROCESSOR_SETTINGS_FILE
-        saved = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        saved = read_text_settings(folder / PROCESSOR_SETTINGS_FILE)
         return cls(text, vision, preprocessor, **{**saved, **kwargs})
 
     def save_pretrained(self, folder: str | Path) -> None:

@@ -11,7 +11,7 @@ from skimage import data
 
 from libra.tokenizer.collator import SampleError
 from libra.tokenizer.image_processing import ImageError
-from libra.tokenizer.processor import LibraProcessor
+from libra.tokenizer.processor import TEXT_SETTINGS, LibraProcessor
 from libra.tokenizer.samples import CaptionSample, ConversationSample, PromptSample, TextSample, Turn
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
@@ -364,3 +364,21 @@ def test_batch_decode_gives_strings_with_or_without_image_placeholders(processor
     (images,) = processor.batch_decode_images(out["input_ids"])
     assert len(images) == 1 and images[0].size == (56, 56)
     assert processor.batch_decode_images(out["input_ids"], prompt_length=out["input_ids"].shape[-1]) == [[]]
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        ('{"template": "v1",', "is unreadable"),
+        ('["v1"]', "must hold a JSON object"),
+        ('{"template": "v1", "max_lenght": 64}', r"unknown text setting\(s\) \['max_lenght'\]"),
+    ],
+    ids=["does not parse", "not an object", "unknown key"],
+)
+def test_a_bad_text_settings_file_is_named(processor, tmp_path, content, error):
+    processor.save_pretrained(tmp_path)
+    settings = tmp_path / "libra_processor.json"
+    assert sorted(json.loads(settings.read_text())) == sorted(TEXT_SETTINGS)  # the file holds them all
+    settings.write_text(content)
+    with pytest.raises(ValueError, match=rf"{settings}.*{error}"):
+        LibraProcessor.from_pretrained(tmp_path)
