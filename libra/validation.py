@@ -563,7 +563,7 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
         problems.append(
             Problem("image", "task=generate makes images from text; it takes no input image", "image=null")
         )
-    if cfg.resume not in (None, "auto") and not os.path.isdir(cfg.resume):
+    if cfg.resume not in (None, "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
         problems.append(Problem("resume", f"{cfg.resume!r} is neither auto nor a run dir", "resume=auto"))
     return problems
 

@@ -251,7 +251,7 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
         return None
     if resume == "auto":
         return _newest(run_dir)
-    path = Path(resume)
+    path = Path(resume).expanduser()  # as checkpoint= is expanded (libra.pretrained.resolve_pretrained)
     if _ANY_STEP_DIR.match(path.name) and path.is_dir():
         return path
     found = _newest(path)

@@ -191,6 +191,18 @@ def test_a_checkpoint_under_home_is_named_with_tilde(tmp_path, data_dir, monkeyp
     assert "model.init_from:" in msg and "vision_vocab_size=514" in msg
 
 
+def test_resume_under_home_is_named_with_tilde(tmp_path, monkeypatch):
+    """`resume='~/...'` is expanded by validation and by the trainer's resolver alike."""
+    from libra.train.checkpoint import resolve_resume
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    step = tmp_path / "run" / "checkpoints" / "step_3"
+    step.mkdir(parents=True)
+    validate(_cfg(resume="~/run"))
+    assert resolve_resume("~/run/checkpoints/step_3", tmp_path / "elsewhere") == step
+    assert "resume: '~/missing' is neither auto nor a run dir" in _problems(_cfg(resume="~/missing"))
+
+
 def test_benchmark_precision_follows_training():
     msg = _problems(_cfg(benchmark__precision="bf16"))
     assert "benchmark.precision: 'bf16' differs from trainer.precision='fp32'" in msg
