@@ -369,6 +369,22 @@ def _as_api_error():
         raise APIError(400, str(err), param=err.param, code=err.code) from err
 
 
+def _param(loc: tuple) -> str | None:
+    """A validation error's location in OpenAI's style (``messages[0].content[1].text``), without the
+    union branches pydantic inserts (``str``, ``list[tagged-union[TextPart,ImagePart]]``, and a part's
+    tag, which repeats the field it selects: ``text`` then ``text``)."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            if parts:
+                parts[-1] += f"[{item}]"
+            continue
+        if item in ("str", "int", "float", "bool", "none") or "[" in item or (parts and item == parts[-1]):
+            continue
+        parts.append(item)
+    return ".".join(parts) or None
+
+
 def _unicode(text: str, where: str) -> str:
     """``text``, checked: JSON can carry a lone surrogate (``"\\ud83d"``, an emoji cut in half), which
     Python keeps in a str but the tokenizer cannot take."""
@@ -408,15 +424,22 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, err: RequestValidationError) -> JSONResponse:
-        # the deepest location names the field best (a union reports every branch it tried)
-        first = max(err.errors(), key=lambda e: len(e.get("loc", ())))
+        errors = [(_param(e.get("loc", ())[1:]), e) for e in err.errors()]
+        # the deepest location names the field best; a union reports one error per branch it tried
+        param, first = max(errors, key=lambda pe: len(pe[1].get("loc", ())))
         if first.get("type") == "json_invalid":
             detail = first.get("ctx", {}).get("error", first.get("msg"))
             error = APIError(400, f"the request body is not valid JSON ({detail})", code="invalid_json")
-        else:
-            param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        elif param is None and "json" not in request.headers.get("content-type", ""):
             error = APIError(
-                400, f"{param or 'body'}: {first.get('msg')}", param=param, code=first.get("type")
+                400,
+                "the request body must be a JSON object sent with Content-Type: application/json",
+                code="invalid_request_body",
+            )
+        else:
+            said = list(dict.fromkeys(e.get("msg") for p, e in errors if p == param))
+            error = APIError(
+                400, f"{param or 'body'}: {', or: '.join(said)}", param=param, code=first.get("type")
             )
         return JSONResponse(error.body(), status_code=error.status)
 

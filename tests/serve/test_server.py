@@ -260,6 +260,43 @@ BAD_INPUTS = {
         "less_than_equal",
         "temperature",
     ),
+    # the location of a schema error, as the params above: no union branch names of the validator
+    "content neither text nor parts": (
+        {"messages": [{"role": "user", "content": 5}]},
+        400,
+        "string_type",
+        "messages[0].content",
+    ),
+    "a text part without text": (
+        {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+        400,
+        "missing",
+        "messages[0].content[0].text",
+    ),
+    "an image part without its url": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        400,
+        "missing",
+        "messages[0].content[0].image_url.url",
+    ),
+    "an unknown part type": (
+        {"messages": [{"role": "user", "content": [{"type": "audio"}]}]},
+        400,
+        "union_tag_invalid",
+        "messages[0].content[0]",
+    ),
+    "an unknown role": (
+        {"messages": [{"role": "robot", "content": "hi"}]},
+        400,
+        "literal_error",
+        "messages[0].role",
+    ),
+    "stop neither text nor a list": (
+        {"messages": [{"role": "user", "content": "hi"}], "stop": 5},
+        400,
+        "string_type",
+        "stop",
+    ),
 }
 
 
@@ -310,6 +347,18 @@ def test_malformed_json_and_bad_image_requests_get_openai_errors(server, client)
         timeout=60,
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
+    # curl -d without -H: a form body, answered with what to send
+    form = httpx.post(f"{server.base_url}/v1/chat/completions", content=b"model=libra", timeout=60)
+    assert form.status_code == 400 and "Content-Type: application/json" in form.json()["error"]["message"]
+    # a union field names every form it takes
+    union = httpx.post(
+        f"{server.base_url}/v1/chat/completions",
+        json={"model": "libra", "messages": [{"role": "user", "content": 5}]},
+        timeout=60,
+    )
+    assert union.json()["error"]["message"] == (
+        "messages[0].content: Input should be a valid string, or: Input should be a valid list"
+    )
     with pytest.raises(openai.BadRequestError) as info:
         client.images.generate(prompt="a red circle", size="1024x1024")
     assert info.value.body["param"] == "size" and "56x56" in info.value.body["message"]
