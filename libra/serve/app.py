@@ -121,7 +121,7 @@ def build_app(engine: BatchingEngine, settings: ServeSettings) -> FastAPI:
     handlers = _Handlers(engine, settings)
     _add_error_handlers(app)
     auth = [Depends(handlers.check_api_key)]
-    app.get("/health")(handlers.health)
+    app.api_route("/health", methods=["GET", "HEAD"])(handlers.health)  # HEAD: load balancers' probes
     app.get("/v1/models", dependencies=auth)(handlers.list_models)
     # :path: a model id may hold a / (org/name)
     app.get("/v1/models/{model:path}", dependencies=auth)(handlers.retrieve_model)

@@ -97,6 +97,9 @@ def test_streaming_sends_the_same_answer_in_openai_chunks(client, server, astron
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.iter_lines() if line]
     assert all(line.startswith("data: ") for line in events) and events[-1] == "data: [DONE]"
+    deltas = [json.loads(line[6:])["choices"][0]["delta"] for line in events[:-1]]
+    assert deltas[0] == {"role": "assistant", "content": ""} and deltas[-1] == {}  # as OpenAI sends them
+    assert httpx.head(f"{server.base_url}/health", timeout=10).status_code == 200
     usage = client.chat.completions.create(
         model="libra",
         messages=body["messages"],
