@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from libra.tokenizer.captions import CaptionCleaner
+from libra.tokenizer.captions import CaptionCleaner, remove_tags
 from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.samples import CaptionSample, ConversationSample, Turn
 from libra.tokenizer.templates import get_template
@@ -53,6 +53,19 @@ def test_caption_cleaner_matches_official_rules():
     assert clean(" One\ttab ") == "one\ttab"  # a single whitespace character is kept
     with pytest.raises(TypeError, match="pick one reference"):
         clean(["a", "b"])
+
+
+def test_tag_removal_is_the_official_regex_in_one_pass():
+    """remove_tags == re.sub(r"<.*?>", "", text): a tag ends at the first > of its line."""
+    import random
+    import re
+
+    rng = random.Random(0)
+    texts = ["a <b>c</b> d", "x < y > z", "<a\nb>", "<<a>", "a<b", "<\n>", "<" * 300 + ">", "<x>" * 50]
+    texts += ["".join(rng.choice("<>\nab ") for _ in range(rng.randint(0, 12))) for _ in range(20000)]
+    for text in texts:
+        assert remove_tags(text) == re.sub(r"<.*?>", "", text), repr(text)
+    assert CaptionCleaner(remove_html=True)("A <b>Bold</b> cat<br/>") == "a bold cat"
 
 
 @pytest.fixture(scope="module")
