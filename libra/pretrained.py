@@ -112,7 +112,8 @@ def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
         if _is_pretrained_folder(folder) and (step := _step_of(folder)) is not None:
             candidates.append((step, 1, folder, "pretrained"))
     adapter_checkpoints = 0  # finetune=lora checkpoints: no model without the base, not candidates
-    for folder in _complete_checkpoints(run_dir):
+    complete, skipped = _scan_checkpoints(run_dir)
+    for folder in complete:
         if _is_deepspeed_step(folder) and (step := _step_of(folder)) is not None:
             if _adapters_only(folder):
                 adapter_checkpoints += 1
@@ -128,13 +129,22 @@ def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
         raise FileNotFoundError(
             f"checkpoint {asked}: not a model folder (config.json + *.safetensors), not a DeepSpeed step "
             f"folder ({DEEPSPEED_STATES}) and not a run dir with export/, export_step_*/ or complete "
-            "checkpoints/step_*/; pass one of those"
+            f"checkpoints/step_*/{_passed_over(skipped)}; pass one of those"
         )
     step, _, folder, kind = max(candidates)
     files = folder if kind == "pretrained" else _model_files_for(folder)
     what = "mid-run export" if kind == "pretrained" else "complete checkpoint"
-    reason = f"{asked} is a run dir without a final export; using its newest {what} {folder} (step {step})"
+    # a newer step that is not complete is named: the user may expect it to be the one loaded
+    newer = [(path, why) for path, why in skipped if int(re.match(r"step_(\d+)", path.name)[1]) >= step]
+    reason = (
+        f"{asked} is a run dir without a final export; using its newest {what} {folder} (step {step})"
+        f"{_passed_over(newer)}"
+    )
     return ResolvedCheckpoint(kind, folder, files, reason)
+
+
+def _passed_over(skipped: list[tuple[Path, str]]) -> str:
+    return "".join(f"; passed over {path.name}: {why.removeprefix(f'{path}: ')}" for path, why in skipped)
 
 
 def _is_pretrained_folder(folder: Path) -> bool:
@@ -198,10 +208,11 @@ def _step_of(folder: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _complete_checkpoints(run_dir: Path) -> list[Path]:
-    from libra.train.checkpoint import list_checkpoints
+def _scan_checkpoints(run_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(complete checkpoints, [(folder, why it is not one)]) of a run dir."""
+    from libra.train.checkpoint import scan_checkpoints
 
-    return list_checkpoints(run_dir)
+    return scan_checkpoints(run_dir)
 
 
 def _model_files_for(step_dir: Path) -> Path:

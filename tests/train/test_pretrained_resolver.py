@@ -74,6 +74,7 @@ def test_a_run_dir_without_export_resolves_to_its_newest_complete_checkpoint(tmp
     resolved = resolve_pretrained(run_dir)
     assert resolved.kind == "deepspeed_step" and resolved.weights.name == "step_000002"
     assert "without a final export" in resolved.reason and "step 2" in resolved.reason
+    assert "passed over step_000003.tmp: never finished writing" in resolved.reason
     with pytest.raises(FileNotFoundError, match="is incomplete"):
         resolve_pretrained(interrupted)
 
@@ -267,3 +268,20 @@ def test_a_symlinked_step_folder_takes_the_files_of_its_own_run(tiny_export, tmp
         load_pretrained(resolved, device="cpu")[0].state_dict(),
         LibraForCausalLM.from_pretrained(tiny_export).state_dict(),
     )
+
+
+def test_a_run_dir_names_the_newer_steps_it_passed_over(tiny_export, tmp_path):
+    """A run dir falls back to its newest complete step and says why a newer one was not taken;
+    with no complete step at all, the error says what the folders there are."""
+    step = _deepspeed_run(tiny_export, tmp_path / "run")
+    newer = step.parent / "step_000004"
+    shutil.copytree(step, newer)
+    (newer / "manifest.json").unlink()  # a save killed before its manifest
+    resolved = resolve_pretrained(tmp_path / "run")
+    assert resolved.weights == step
+    assert resolved.reason.endswith(
+        f"(step 2); passed over {newer.name}: no manifest.json (its save was interrupted before the end)"
+    )
+    shutil.rmtree(step)
+    with pytest.raises(FileNotFoundError, match=f"checkpoints/step_\\*/; passed over {newer.name}: "):
+        resolve_pretrained(tmp_path / "run")
