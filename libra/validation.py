@@ -15,6 +15,7 @@ written once here, and libra/train/deepspeed_config.py raises the same problems 
 
 from __future__ import annotations
 
+import difflib
 import os
 import typing
 from collections.abc import Callable, Sequence
@@ -343,6 +344,35 @@ def _check_values(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _unknown_keys(node: DictConfig, prefix: str = "") -> list[Problem]:
+    """Keys of a typed node (one whose schema is a dataclass) that its schema lacks. Composition
+    refuses them, except when added with `+key=` (Hydra's own advice for an unknown key), which opens
+    the node: such a key would be silently ignored, as `+trainer.max_stepz=10` or `+cluster.partition=`
+    with cluster=torchrun would."""
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if schema is not None and is_dataclass(schema) else None
+    problems = []
+    for key in node:
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue  # Hydra's own node (a compose with return_hydra_config), checked by Hydra
+        if known is not None and key not in known:
+            options = _options_defining(name)
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            if options:
+                fix = f"{name} is read only with {' or '.join(options)}: choose it, or drop +{name}"
+            elif close:
+                fix = f"{prefix}{close[0]}=<value>  (instead of +{name})"
+            else:
+                fix = f"drop +{name}  ({prefix.rstrip('.') or 'the root'} takes: {', '.join(sorted(known))})"
+            problems.append(Problem(name, f"is not a key of {schema.__name__}: nothing reads it", fix))
+        elif not OmegaConf.is_missing(node, key) and not OmegaConf.is_interpolation(node, key):
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                problems.extend(_unknown_keys(child, f"{name}."))
+    return problems
+
+
 def _missing_keys(node: DictConfig | ListConfig, prefix: str) -> list[str]:
     """Keys whose value is ``???``, found without resolving interpolations (OmegaConf.missing_keys
     resolves them and fails on one that points at a ``???``)."""
@@ -384,6 +414,8 @@ def _options_defining(dotted: str) -> list[str]:
     options = []
     for path in sorted(folder.glob("*.yaml")):
         node: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if "@package _global_" in path.read_text().split("\n", 1)[0]:
+            node = node.get(group, {})  # e.g. cluster/slurm.yaml writes its keys under `cluster:`
         for part in rest.split("."):
             node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
         if node is not _ABSENT:
@@ -710,7 +742,7 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming every problem of ``cfg``; return None when it can run."""
-    problems = _check_values(cfg)
+    problems = _check_values(cfg) + _unknown_keys(cfg)
     if not problems:  # the rules assume well-typed values
         problems = _check_required(cfg)
         for rule in RULES:

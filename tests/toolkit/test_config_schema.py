@@ -234,3 +234,29 @@ def test_run_py_stops_before_any_work(args, key, tmp_path):
     assert result.returncode != 0
     assert key in result.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("metrics.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message", "fix"),
+    [
+        (
+            ["+trainer.max_stepz=10"],
+            "trainer.max_stepz: is not a key of TrainerConfig: nothing reads it",
+            "fix: trainer.max_steps=<value>  (instead of +trainer.max_stepz)",
+        ),
+        (
+            ["cluster=torchrun", "+cluster.partition=gpu"],
+            "cluster.partition: is not a key of TorchrunClusterConfig",
+            "fix: cluster.partition is read only with cluster=slurm: choose it, or drop +cluster.partition",
+        ),
+        (["+trainr.max_steps=10"], "trainr: is not a key of RootConfig", "fix: trainer=<value>"),
+    ],
+    ids=lambda v: v[-1] if isinstance(v, list) else None,
+)
+def test_a_key_added_with_plus_to_a_typed_group_is_refused(overrides, message, fix, hydra_cleared):
+    """`+key=` (what Hydra suggests for an unknown key) opens the typed node: validation names the key
+    its schema lacks instead of running without it."""
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(overrides))
+    assert message in str(error.value) and fix in str(error.value)
+    validate(compose_config(["+tokenizer.text_folder=/x"]))  # model, tokenizer, data, benchmark: free-form
