@@ -541,6 +541,28 @@ def _rule_offload(cfg: DictConfig) -> list[Problem]:
     return offload_problems(cfg.deepspeed.stage, flag("offload_optimizer"), flag("offload_param"))
 
 
+def live_benchmark_problems(stage: int, benchmark_every: int) -> list[Problem]:
+    """Benchmarks during training need all parameters on every rank (the pre-launch check and the
+    recipe both ask here): under ZeRO-3 ranks would generate different numbers of tokens, hence run
+    different numbers of parameter gathers, and wait for each other forever."""
+    if benchmark_every <= 0 or stage != 3:
+        return []
+    return [
+        Problem(
+            "trainer.benchmark_every",
+            f"{benchmark_every}: benchmarks during training do not work with ZeRO-3 (deepspeed.stage=3)",
+            "trainer.benchmark_every=0  (the benchmark at the end still runs; or deepspeed=zero2)",
+        )
+    ]
+
+
+def _rule_live_benchmark(cfg: DictConfig) -> list[Problem]:
+    every = _get(cfg, "trainer.benchmark_every")
+    if cfg.task != "train" or not isinstance(every, int):
+        return []
+    return live_benchmark_problems(cfg.deepspeed.stage, every)
+
+
 def _rule_launcher(cfg: DictConfig) -> list[Problem]:
     launcher, processes = cfg.cluster.launcher, int(cfg.cluster.nodes) * int(cfg.cluster.gpus_per_node)
     if launcher == "local" and processes != 1:
@@ -732,6 +754,7 @@ def _rule_lora_freezes_the_base(cfg: DictConfig) -> list[Problem]:
 RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_batch_divisible,
     _rule_offload,
+    _rule_live_benchmark,
     _rule_launcher,
     _rule_task_inputs,
     _rule_precision,

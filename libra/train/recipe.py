@@ -44,6 +44,7 @@ from libra.exit_codes import NON_FINITE, PREEMPTED, RunStopped, clear_stop_recor
 from libra.model.flops import training_flops_per_token
 from libra.pretrained import read_training_record, save_model_files
 from libra.tracking import MetricLogger, build_logger
+from libra.validation import live_benchmark_problems, raise_problems
 
 from .baselines import baseline_table
 from .checkpoint import load_checkpoint, newest_good_checkpoint, resolve_resume, save_checkpoint
@@ -555,12 +556,8 @@ def benchmark_during_training(cfg: DictConfig, engine, processor, logger, run_di
     """A small benchmark on the live model: the first `trainer.benchmark_items` items of each task."""
     from libra.benchmark.runner import run_benchmark_task
 
-    if engine.zero_optimization_stage() == 3:
-        # ranks would generate different numbers of tokens, hence run different numbers of ZeRO-3
-        # parameter gathers, and wait for each other forever
-        raise ValueError(
-            "trainer.benchmark_every > 0 is not supported with ZeRO-3; set trainer.benchmark_every=0"
-        )
+    # checked before launch too; here for configs that did not come through run.py
+    raise_problems(live_benchmark_problems(engine.zero_optimization_stage(), cfg.trainer.benchmark_every))
     engine.eval()
     scores = {}
     for name, task_cfg in cfg.benchmark.items():

@@ -255,3 +255,12 @@ def test_range_rules_reject_bad_values_before_any_work(override, message, hydra_
     with pytest.raises(ConfigError) as error:
         validate(compose_config([override]))
     assert message in str(error.value)
+
+
+def test_benchmarks_during_training_are_refused_with_zero3_before_any_work(hydra_cleared):
+    """The recipe could only find out at the first benchmark step, after training up to it."""
+    msg = _problems(compose_config(["deepspeed=zero3", "trainer.benchmark_every=10"]))
+    assert "trainer.benchmark_every: 10: benchmarks during training do not work with ZeRO-3" in msg
+    assert "fix: trainer.benchmark_every=0" in msg
+    validate(compose_config(["deepspeed=zero2", "trainer.benchmark_every=10"]))
+    validate(compose_config(["deepspeed=zero3", "trainer.benchmark_every=0"]))
