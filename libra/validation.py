@@ -115,7 +115,26 @@ PROBABILITY = Range(0, 1)
 # [0, 1): an Adam moment decay (1 would never forget), a dropout rate (1 would drop everything)
 BELOW_ONE = Range(0, 1, high_open=True)
 
-# The allowed values of keys with a fixed set of them.
+# The modules finetune=lora can adapt, by their names in the model (libra/model/modeling.py); written
+# here so that finetune.target_modules is checked before launch, and read by libra/train/lora.py.
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_EXPERT = (
+    "vision_q_proj",
+    "vision_k_proj",
+    "vision_v_proj",
+    "vision_o_proj",
+    "vision_gate_proj",
+    "vision_up_proj",
+    "vision_down_proj",
+)
+BRIDGES = (
+    "vision_k_bridge_on_language",
+    "vision_k_bridge_on_vision",
+    "vision_v_bridge_on_language",
+    "vision_v_bridge_on_vision",
+)
+
+# The allowed values of keys with a fixed set of them (of each element, for a list).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "task": TASKS,
     "print_config": ("diff", "full", "none"),
@@ -125,6 +144,14 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "logger.backend.mode": ("auto", "online", "offline", "disabled"),
     "logger.backend.console": ("wrap", "redirect", "off"),
     "finetune.base_dtype": ("float32", "bfloat16"),
+    "finetune.target_modules": LANGUAGE_LINEARS + VISION_EXPERT + BRIDGES,
+}
+
+# How many values a list key takes: (at least, at most; None = no limit). AdamW reads two betas (a
+# third would be dropped silently, one fails deep in torch); LoRA with no target trains nothing.
+LENGTHS: dict[str, tuple[int, int | None]] = {
+    "optimizer.betas": (2, 2),
+    "finetune.target_modules": (1, None),
 }
 
 # The range of every numeric key that has one; a key absent from the config is not checked.
@@ -300,8 +327,23 @@ def value_problems(key: str, value: Any) -> list[Problem]:
             return [
                 Problem(key, f"{value!r} is a {type(value).__name__}, expected {names}", f"{key}=<{names}>")
             ]
+    length = LENGTHS.get(key)
+    if length is not None and isinstance(value, list):
+        low, high = length
+        if len(value) < low or (high is not None and len(value) > high):
+            need = (
+                f"exactly {low}" if low == high else f"at least {low}" if high is None else f"{low} to {high}"
+            )
+            return [
+                Problem(key, f"{value!r} has {len(value)} value(s), needs {need}", f"{key}=[...]  ({need})")
+            ]
     choices = CHOICES.get(key)
-    if choices is not None and value not in choices:
+    if choices is not None and isinstance(value, list):
+        unknown = [v for v in value if v not in choices]
+        if unknown:
+            options = ", ".join(str(c) for c in choices)
+            return [Problem(key, f"{unknown} not among {options}", f"{key}=[{choices[0]},...]  (from those)")]
+    elif choices is not None and value not in choices:
         options = " | ".join(str(c) for c in choices)
         return [Problem(key, f"{value!r} is not one of {options}", f"{key}={choices[0]}")]
     allowed = RANGES.get(key)

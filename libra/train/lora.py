@@ -34,23 +34,6 @@ from libra.validation import raise_problems, value_problems
 from .models import DTYPES
 
 ADAPTER = "default"  # peft's name of the one adapter set
-# Modules LoRA can adapt, by their names in the model (libra/model/modeling.py).
-LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VISION_EXPERT = (
-    "vision_q_proj",
-    "vision_k_proj",
-    "vision_v_proj",
-    "vision_o_proj",
-    "vision_gate_proj",
-    "vision_up_proj",
-    "vision_down_proj",
-)
-BRIDGES = (
-    "vision_k_bridge_on_language",
-    "vision_k_bridge_on_vision",
-    "vision_v_bridge_on_language",
-    "vision_v_bridge_on_vision",
-)
 # The factors of a FactorisedLinear and the names the checkpoint gives them.
 FACTOR_NAMES = {"factor_A.weight": "weight_A", "factor_B.weight": "weight_B"}
 
@@ -120,15 +103,18 @@ class LoraFinetune:
         target_modules: list[str],
         base_dtype: str = "float32",
     ):
-        settings = {"rank": rank, "alpha": alpha, "dropout": dropout, "base_dtype": base_dtype}
-        # the ranges and choices are libra/validation.py's, which also checks them before launch
+        settings = {
+            "rank": rank,
+            "alpha": alpha,
+            "dropout": dropout,
+            "target_modules": list(target_modules),  # a ListConfig when instantiated by Hydra
+            "base_dtype": base_dtype,
+        }
+        # the ranges and choices (the modules LoRA can adapt included) are libra/validation.py's,
+        # which also checks them before launch
         raise_problems(
             [p for key, value in settings.items() for p in value_problems(f"finetune.{key}", value)]
         )
-        known = LANGUAGE_LINEARS + VISION_EXPERT + BRIDGES
-        unknown = sorted(set(target_modules) - set(known))
-        if unknown or not target_modules:
-            raise ValueError(f"finetune.target_modules: {unknown or 'empty'}; choose from {', '.join(known)}")
         self.rank = rank
         self.alpha = float(alpha)
         self.dropout = float(dropout)

@@ -264,3 +264,22 @@ def test_benchmarks_during_training_are_refused_with_zero3_before_any_work(hydra
     assert "fix: trainer.benchmark_every=0" in msg
     validate(compose_config(["deepspeed=zero2", "trainer.benchmark_every=10"]))
     validate(compose_config(["deepspeed=zero3", "trainer.benchmark_every=0"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.betas=[0.9]"], "optimizer.betas: [0.9] has 1 value(s), needs exactly 2"),
+        # AdamW would drop the third silently
+        (["optimizer.betas=[0.9,0.99,0.999]"], "optimizer.betas: [0.9, 0.99, 0.999] has 3 value(s)"),
+        (["finetune=lora", "finetune.target_modules=[]"], "finetune.target_modules: [] has 0 value(s)"),
+        (
+            ["finetune=lora", "finetune.target_modules=[q_proj,vision_qproj]"],
+            "finetune.target_modules: ['vision_qproj'] not among q_proj, k_proj",
+        ),
+    ],
+)
+def test_list_values_of_the_wrong_length_or_choice_are_refused_before_any_work(
+    overrides, message, hydra_cleared
+):
+    assert message in _problems(compose_config(overrides))

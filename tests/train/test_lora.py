@@ -24,8 +24,9 @@ from toolkit.test_paper_runs import (
 
 from libra import tracking
 from libra.model import LibraForCausalLM
-from libra.train.lora import BRIDGES, LANGUAGE_LINEARS, VISION_EXPERT, LoraFinetune, count_parameters
+from libra.train.lora import LoraFinetune, count_parameters
 from libra.train.optim import build_adamw
+from libra.validation import BRIDGES, LANGUAGE_LINEARS, VISION_EXPERT
 
 EVERY_TARGET = list(LANGUAGE_LINEARS + VISION_EXPERT + BRIDGES)
 
