@@ -114,6 +114,7 @@ NON_NEGATIVE = Range(0)  # 0 allowed, e.g. an interval of 0 = never
 PROBABILITY = Range(0, 1)
 # [0, 1): an Adam moment decay (1 would never forget), a dropout rate (1 would drop everything)
 BELOW_ONE = Range(0, 1, high_open=True)
+PORT = Range(1, 65535)
 
 # The modules finetune=lora can adapt, by their names in the model (libra/model/modeling.py); written
 # here so that finetune.target_modules is checked before launch, and read by libra/train/lora.py.
@@ -161,7 +162,6 @@ RANGES: dict[str, Range] = {
             "max_new_tokens",
             "cluster.nodes",
             "cluster.gpus_per_node",
-            "cluster.master_port",
             "cluster.timeout_min",
             "cluster.cpus_per_task",
             "trainer.max_steps",
@@ -176,15 +176,23 @@ RANGES: dict[str, Range] = {
             "optimizer.lr",
             "optimizer.eps",
             "optimizer.llm_lr_scale",
-            "serve.port",
             "serve.max_images",
             "serve.max_batch_size",
             "logger.backend.upload_max_mb",
             "finetune.rank",
             "finetune.alpha",
+            # the synthetic set's generator: an empty split or a 0-pixel image fails while generating
+            "synthetic.image_size",
+            "synthetic.train_images",
+            "synthetic.val_images",
+            "synthetic.test_images",
+            "synthetic.questions_per_image",
+            "synthetic.images_per_shard",
         ),
         POSITIVE,
     ),
+    # a TCP port; a larger number fails only when the server or the rendezvous binds it
+    **dict.fromkeys(("serve.port", "cluster.master_port"), PORT),
     **dict.fromkeys(
         (
             "temperature",

@@ -17,6 +17,7 @@ from libra import config_schema
 from libra.validation import (
     BELOW_ONE,
     NON_NEGATIVE,
+    PORT,
     POSITIVE,
     PROBABILITY,
     RANGES,
@@ -42,7 +43,7 @@ CONTEXT = {
     "finetune.alpha": ["finetune=lora"],
     "finetune.dropout": ["finetune=lora"],
 }
-BAD_VALUE = {POSITIVE: "0", NON_NEGATIVE: "-1", PROBABILITY: "1.5", BELOW_ONE: "1.0"}
+BAD_VALUE = {POSITIVE: "0", NON_NEGATIVE: "-1", PROBABILITY: "1.5", BELOW_ONE: "1.0", PORT: "65536"}
 BAD_VALUE_OF_KEY = {"optimizer.betas": "[0.9,1.0]"}  # a list: each value is checked
 
 

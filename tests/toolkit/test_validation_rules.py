@@ -249,6 +249,9 @@ def test_a_key_of_another_group_option_names_the_options_that_define_it(override
         ("trainer.checkpoint_every=-1", "trainer.checkpoint_every: -1 must be >= 0"),
         ("trainer.max_bad_steps=0", "trainer.max_bad_steps: 0 must be > 0"),
         ("print_config=yaml", "print_config: 'yaml' is not one of diff | full | none"),
+        ("synthetic.train_images=0", "synthetic.train_images: 0 must be > 0"),
+        ("synthetic.image_size=-8", "synthetic.image_size: -8 must be > 0"),
+        ("serve.port=70000", "serve.port: 70000 must be in [1, 65535]"),
     ],
 )
 def test_range_rules_reject_bad_values_before_any_work(override, message, hydra_cleared):
