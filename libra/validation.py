@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, is_dataclass
@@ -379,10 +380,13 @@ def _check_values(cfg: DictConfig) -> list[Problem]:
     for key in keys:
         try:
             value = _get(cfg, key)
-        except InterpolationResolutionError:
-            if key in CHOICES or key in RANGES:
-                raise
-            continue  # e.g. ${hydra:...} outside the job (a launcher's check); composition typed it
+        except InterpolationResolutionError as error:
+            if "HydraConfig was not set" in str(error):
+                continue  # ${hydra:...} outside the job (a launcher's check); composition typed it
+            # e.g. ${oc.env:X} with X unset: named here, not as OmegaConf's traceback
+            message = f"does not resolve ({error.msg.splitlines()[0]})"
+            problems.append(Problem(key, message, _fix_for_missing_key(error)))
+            continue
         if value is _ABSENT:
             if key in required:
                 problems.append(
@@ -446,6 +450,10 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 def _fix_for_missing_key(error: Exception) -> str:
     """The fix of an interpolation to a key the composed config lacks: the options of its group that
     define it (`tokenizer.text_folder` is defined by tokenizer=libra), or setting the key."""
+    variable = re.search(r"Environment variable '([^']+)' not found", str(error))
+    if variable:
+        name = variable[1]
+        return f"export {name}=<value>  (or give it a default where it is read: ${{oc.env:{name},<default>}})"
     quoted = str(error).split("'")  # "Interpolation key 'tokenizer.text_folder' not found"
     missing = quoted[1] if len(quoted) > 2 else ""
     options = _options_defining(missing) if missing else []

@@ -286,3 +286,14 @@ def test_list_values_of_the_wrong_length_or_choice_are_refused_before_any_work(
     overrides, message, hydra_cleared
 ):
     assert message in _problems(compose_config(overrides))
+
+
+@pytest.mark.parametrize("key", ["optimizer.lr", "cache_dir", "trainer.compile"])
+def test_an_unset_environment_variable_is_named_with_its_fix(key, monkeypatch, hydra_cleared):
+    """${oc.env:X} with X unset: one problem at the key that reads it, not OmegaConf's traceback (a
+    ranged key) nor a problem at each consumer with an unrelated fix (cache_dir)."""
+    monkeypatch.delenv("LIBRA_TEST_UNSET", raising=False)
+    msg = _problems(compose_config([f"{key}=${{oc.env:LIBRA_TEST_UNSET}}"]))
+    assert "1 problem(s)" in msg
+    assert f"{key}: does not resolve (" in msg and "Environment variable 'LIBRA_TEST_UNSET' not found" in msg
+    assert "fix: export LIBRA_TEST_UNSET=<value>  (or give it a default where it is read" in msg
