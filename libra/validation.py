@@ -621,6 +621,34 @@ def _rule_live_benchmark(cfg: DictConfig) -> list[Problem]:
     return live_benchmark_problems(cfg.deepspeed.stage, every)
 
 
+def _rule_objective_is_written(cfg: DictConfig) -> list[Problem]:
+    """objective= is read from <run dir>/metrics.json after the task: a key no benchmark of this run
+    writes would fail only after the whole training (a sweep's first trial)."""
+    if cfg.task != "train" or cfg.objective is None:
+        return []
+    if _get(cfg, "trainer.benchmark_at_end") is False:
+        return [
+            Problem(
+                "objective",
+                f"{cfg.objective!r} is read from the final benchmark, but trainer.benchmark_at_end=false",
+                "trainer.benchmark_at_end=true  (or objective=null)",
+            )
+        ]
+    kind, _, rest = str(cfg.objective).partition("/")
+    task = rest.partition("/")[0]
+    benchmark = _get(cfg, "benchmark")
+    if kind in ("benchmark", "baseline") and isinstance(benchmark, dict) and task not in benchmark:
+        tasks = ", ".join(sorted(benchmark)) or "none"
+        return [
+            Problem(
+                "objective",
+                f"{cfg.objective!r} names benchmark task {task!r}, which this run does not run ({tasks})",
+                f"objective={kind}/<one of: {tasks}>/<metric>  (or benchmark={task})",
+            )
+        ]
+    return []
+
+
 def _rule_launcher(cfg: DictConfig) -> list[Problem]:
     launcher, processes = cfg.cluster.launcher, int(cfg.cluster.nodes) * int(cfg.cluster.gpus_per_node)
     if launcher == "local" and processes != 1:
@@ -813,6 +841,7 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_batch_divisible,
     _rule_offload,
     _rule_live_benchmark,
+    _rule_objective_is_written,
     _rule_launcher,
     _rule_task_inputs,
     _rule_precision,

@@ -297,3 +297,23 @@ def test_an_unset_environment_variable_is_named_with_its_fix(key, monkeypatch, h
     assert "1 problem(s)" in msg
     assert f"{key}: does not resolve (" in msg and "Environment variable 'LIBRA_TEST_UNSET' not found" in msg
     assert "fix: export LIBRA_TEST_UNSET=<value>  (or give it a default where it is read" in msg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["benchmark=synthetic_caption"],
+            "objective: 'benchmark/synthetic_vqa/accuracy' names benchmark task 'synthetic_vqa', which this "
+            "run does not run (synthetic_caption)",
+        ),
+        (
+            ["trainer.benchmark_at_end=false"],
+            "is read from the final benchmark, but trainer.benchmark_at_end=false",
+        ),
+    ],
+)
+def test_an_objective_no_benchmark_of_the_run_writes_is_refused(overrides, message, hydra_cleared):
+    """The sweeper reads it from metrics.json after each trial: it would fail after the first training."""
+    assert message in _problems(compose_config(["sweep=lr_optuna", *overrides]))
+    validate(compose_config(["sweep=lr_optuna"]))
