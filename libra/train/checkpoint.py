@@ -209,12 +209,17 @@ def load_checkpoint(engine, state: TrainState, checkpoint: str | Path, finetune:
     problems = resume_problems(manifest.get("finetune", FULL.record()), finetune.record())  # older: full
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
-    state_file = checkpoint / f"train_state_rank{distributed.rank()}.pt"
-    if not state_file.is_file():
-        raise FileNotFoundError(
-            f"{state_file} is missing: the checkpoint was written by {manifest.get('world_size', '?')} "
-            f"rank(s) and this job has {distributed.world_size()}; resume with the same world size."
+    saved_world_size = manifest.get("world_size")
+    if saved_world_size != distributed.world_size():
+        # Each rank's data position is its share of the rank-split order, and ZeRO shards the optimizer
+        # by rank: another world size would skip or repeat samples, or fail deep in DeepSpeed.
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it was written by {saved_world_size} rank(s) and this job "
+            f"has {distributed.world_size()}; resume with the same world size (cluster.nodes x "
+            f"cluster.gpus_per_node = {saved_world_size}), or start a new run from its weights with "
+            f"model=from_pretrained tokenizer=from_pretrained model.init_from={checkpoint}"
         )
+    state_file = checkpoint / f"train_state_rank{distributed.rank()}.pt"
     saved_state = safe_torch_load(state_file)
     with safe_unpickling(deepspeed_safe_globals()):
         load_path, _ = engine.load_checkpoint(

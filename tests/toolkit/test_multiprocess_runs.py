@@ -98,6 +98,24 @@ def test_cluster_torchrun_trains_checkpoints_resumes_and_benchmarks(tmp_path, ca
 
 @pytest.mark.slow
 @pytest.mark.distributed
+def test_resuming_a_two_rank_run_with_one_process_is_refused(tmp_path, cache_env):
+    """Each rank's data position is its share of a 2-rank order: one process would continue rank 0's
+    share as if it were the whole order (stage 0 loads without a complaint) instead of stopping."""
+    run_dir = tmp_path / "run"
+    args = [*SMALL, "trainer.global_batch_size=4", "trainer.eval_every=0", "trainer.benchmark_at_end=false"]
+    args += ["logger=none", f"hydra.run.dir={run_dir}"]
+    two_ranks = ["cluster=torchrun", "cluster.gpus_per_node=2", f"cluster.master_port={free_port()}"]
+    first = run_py([*args, *two_ranks, "trainer.max_steps=1"], cwd=tmp_path, env=cache_env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = run_py([*args, "trainer.max_steps=2", "resume=auto"], cwd=tmp_path, env=cache_env)
+    assert second.returncode != 0
+    step = run_dir / "checkpoints" / "step_000001"
+    assert f"cannot resume from {step}: it was written by 2 rank(s) and this job has 1" in second.stderr
+    assert train_steps(run_dir) == [1]  # nothing trained on the wrong data position
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_run_py_under_an_outside_torchrun_runs_rank0s_config(tmp_path, cache_env):
     """`torchrun --nproc_per_node=2 run.py`: each rank composes, Hydra gives each a run dir of its own
     clock; rank 0's config and run dir win and the other rank's stray dir is removed."""
