@@ -170,6 +170,7 @@ def save_checkpoint(
             tmp,
             step=state.step,
             world_size=distributed.world_size(),
+            zero_stage=engine.zero_optimization_stage(),  # compared on resume (_set_up_problems)
             bad_streak=state.bad_streak,
             adapters_only=finetune.adapters_only,  # read by libra/pretrained.py: not a model on its own
             finetune=finetune.record(),
@@ -198,6 +199,33 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _set_up_problems(manifest: dict, engine, checkpoint: Path) -> list[str]:
+    """Why the run that wrote `manifest` and this one cannot share a checkpoint; empty when they can.
+
+    Each rank's data position is its share of the rank-split order, and ZeRO shards the optimizer
+    by rank and stage: another world size would skip or repeat samples, another stage fails deep in
+    DeepSpeed (a missing or unexpected optimizer file)."""
+    problems = []
+    saved_world_size = manifest.get("world_size")
+    if saved_world_size != distributed.world_size():
+        problems.append(
+            f"it was written by {saved_world_size} rank(s) and this job has {distributed.world_size()}; "
+            f"resume with the same world size (cluster.nodes x cluster.gpus_per_node = {saved_world_size})"
+        )
+    saved_stage = manifest.get("zero_stage")  # absent in checkpoints of older versions
+    if saved_stage is not None and saved_stage != engine.zero_optimization_stage():
+        problems.append(
+            f"it was written with ZeRO stage {saved_stage} and this run has deepspeed.stage="
+            f"{engine.zero_optimization_stage()}; resume with a deepspeed= choice of stage {saved_stage}"
+        )
+    if problems:
+        problems.append(
+            "or start a new run from its weights with model=from_pretrained tokenizer=from_pretrained "
+            f"model.init_from={checkpoint}"
+        )
+    return problems
+
+
 def load_checkpoint(engine, state: TrainState, checkpoint: str | Path, finetune: Finetune = FULL) -> None:
     """Restore engine (weights, optimizer, scheduler) and this rank's train state (incl. RNG). A LoRA
     checkpoint restores the adapters over the base the model was built with, which must be its own."""
@@ -207,18 +235,9 @@ def load_checkpoint(engine, state: TrainState, checkpoint: str | Path, finetune:
     except IncompleteFolder as err:
         raise FileNotFoundError(f"cannot resume from {checkpoint}: {err}") from None
     problems = resume_problems(manifest.get("finetune", FULL.record()), finetune.record())  # older: full
+    problems += _set_up_problems(manifest, engine, checkpoint)
     if problems:
         raise ValueError(f"cannot resume from {checkpoint}: " + "; ".join(problems))
-    saved_world_size = manifest.get("world_size")
-    if saved_world_size != distributed.world_size():
-        # Each rank's data position is its share of the rank-split order, and ZeRO shards the optimizer
-        # by rank: another world size would skip or repeat samples, or fail deep in DeepSpeed.
-        raise ValueError(
-            f"cannot resume from {checkpoint}: it was written by {saved_world_size} rank(s) and this job "
-            f"has {distributed.world_size()}; resume with the same world size (cluster.nodes x "
-            f"cluster.gpus_per_node = {saved_world_size}), or start a new run from its weights with "
-            f"model=from_pretrained tokenizer=from_pretrained model.init_from={checkpoint}"
-        )
     state_file = checkpoint / f"train_state_rank{distributed.rank()}.pt"
     saved_state = safe_torch_load(state_file)
     with safe_unpickling(deepspeed_safe_globals()):

@@ -363,6 +363,21 @@ def test_resume_skips_incomplete_checkpoints_and_says_why(tmp_path, env, three_s
     assert got[3]["train/loss"] == expected[3]["train/loss"]  # the same step again, bit for bit
 
 
+def test_resume_with_another_zero_stage_is_refused_naming_it(tmp_path, env, three_steps):
+    """A stage-0 checkpoint has no ZeRO optimizer shards: ZeRO-2 looked for them deep in DeepSpeed
+    (FileNotFoundError), and a ZeRO-2 checkpoint in stage 0 failed on a None optimizer state."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(three_steps, run_dir)
+    code, out = run([*TINY, "resume=auto", "trainer.max_steps=4", "deepspeed=zero2"], run_dir, env)
+    assert code != 0
+    step = run_dir / "checkpoints" / "step_000003"
+    assert (
+        f"cannot resume from {step}: it was written with ZeRO stage 0 and this run has deepspeed.stage=2"
+        in out
+    )
+    assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
+
+
 # ---------------------------------------------------------------------- data faults
 
 
