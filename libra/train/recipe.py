@@ -203,6 +203,12 @@ def resume_or_seed(cfg: DictConfig, run_dir: Path, engine, state: TrainState, re
         seed_everything(cfg.seed + rank)  # from here on ranks draw different random numbers
         return None
     load_checkpoint(engine, state, checkpoint, finetune)
+    if state.step > cfg.trainer.max_steps:  # the loop would not run, and the export hold later weights
+        raise ValueError(
+            f"resume: {checkpoint} is at step {state.step}, past trainer.max_steps={cfg.trainer.max_steps}; "
+            f"fix: trainer.max_steps={state.step} (or more) to continue it, or resume=<a step_* folder "
+            f"of step {cfg.trainer.max_steps} or earlier>"
+        )
     reader.load_state_dict(state.data)
     position.load_state_dict(state.data)
     print(f"[libra] resumed from {checkpoint} at step {state.step}", flush=True)

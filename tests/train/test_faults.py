@@ -378,6 +378,19 @@ def test_resume_with_another_zero_stage_is_refused_naming_it(tmp_path, env, thre
     assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
 
 
+def test_resume_past_max_steps_is_refused(tmp_path, env, three_steps):
+    """A checkpoint of step 3 resumed with trainer.max_steps=2 ran no step and exported the step-3
+    weights as the run's result, exit 0."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(three_steps, run_dir)
+    (run_dir / "export").rename(run_dir / "export.first")
+    code, out = run([*TINY, "resume=auto", "trainer.max_steps=2"], run_dir, env)
+    assert code != 0
+    step = run_dir / "checkpoints" / "step_000003"
+    assert f"resume: {step} is at step 3, past trainer.max_steps=2; fix: trainer.max_steps=3" in out
+    assert not (run_dir / "export").exists()
+
+
 # ---------------------------------------------------------------------- data faults
 
 
