@@ -621,29 +621,32 @@ def _rule_live_benchmark(cfg: DictConfig) -> list[Problem]:
     return live_benchmark_problems(cfg.deepspeed.stage, every)
 
 
-def _rule_objective_is_written(cfg: DictConfig) -> list[Problem]:
-    """objective= is read from <run dir>/metrics.json after the task: a key no benchmark of this run
-    writes would fail only after the whole training (a sweep's first trial)."""
-    if cfg.task != "train" or cfg.objective is None:
+def _rule_objective(cfg: DictConfig) -> list[Problem]:
+    """`objective` is read from `<run dir>/metrics.json` after the task (libra/launch.py), which only the
+    final benchmark writes: a sweep whose runs cannot have it would fail after each trial's training."""
+    if cfg.objective is None or cfg.task not in ("train", "benchmark"):
         return []
-    if _get(cfg, "trainer.benchmark_at_end") is False:
+    benchmark = _get(cfg, "benchmark")
+    if benchmark is _ABSENT:  # a hand-built config without the group: nothing to compare with
+        return []
+    if cfg.task == "train" and (benchmark is None or _get(cfg, "trainer.benchmark_at_end") is False):
         return [
             Problem(
                 "objective",
-                f"{cfg.objective!r} is read from the final benchmark, but trainer.benchmark_at_end=false",
+                f"{cfg.objective!r} is read from the final benchmark's metrics.json, and this run has no "
+                "final benchmark (trainer.benchmark_at_end=false or benchmark=null)",
                 "trainer.benchmark_at_end=true  (or objective=null)",
             )
         ]
-    kind, _, rest = str(cfg.objective).partition("/")
-    task = rest.partition("/")[0]
-    benchmark = _get(cfg, "benchmark")
-    if kind in ("benchmark", "baseline") and isinstance(benchmark, dict) and task not in benchmark:
-        tasks = ", ".join(sorted(benchmark)) or "none"
+    tasks = sorted(k for k, v in (benchmark or {}).items() if isinstance(v, dict))  # not `precision`
+    parts = str(cfg.objective).split("/")
+    if len(parts) == 3 and parts[0] in ("benchmark", "baseline") and parts[1] not in tasks:
         return [
             Problem(
                 "objective",
-                f"{cfg.objective!r} names benchmark task {task!r}, which this run does not run ({tasks})",
-                f"objective={kind}/<one of: {tasks}>/<metric>  (or benchmark={task})",
+                f"{cfg.objective!r} names the benchmark task {parts[1]!r}, which this run does not run "
+                f"(benchmark tasks: {', '.join(tasks) or 'none'})",
+                f"objective={parts[0]}/<one of {', '.join(tasks)}>/<metric>  (or run that task)",
             )
         ]
     return []
@@ -841,7 +844,7 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_batch_divisible,
     _rule_offload,
     _rule_live_benchmark,
-    _rule_objective_is_written,
+    _rule_objective,
     _rule_launcher,
     _rule_task_inputs,
     _rule_precision,

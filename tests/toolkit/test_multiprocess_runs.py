@@ -179,3 +179,16 @@ def test_optuna_sweep_resumes_its_study_from_sqlite(tmp_path, cache_env):
     assert len(trials) == 3
     assert len({t.params["optimizer.lr"] for t in trials}) == 3
     assert all(0 <= t.value <= 100 for t in trials)  # synthetic VQA accuracy read from metrics.json
+
+
+@pytest.mark.slow
+def test_optuna_sweep_without_its_objective_stops_before_training(tmp_path, cache_env):
+    """`objective` comes from the final benchmark's metrics.json: with the benchmark off, every trial
+    trained in full and only then failed on the missing file."""
+    args = ["-m", "sweep=lr_optuna", "hydra.sweeper.n_trials=1", *SMALL, "trainer.global_batch_size=2"]
+    args += ["trainer.max_steps=1", "trainer.eval_every=0", "trainer.benchmark_at_end=false", "logger=none"]
+    result = run_py(args, cwd=tmp_path, env=cache_env)
+    assert result.returncode != 0
+    assert "objective: 'benchmark/synthetic_vqa/accuracy' is read from the final benchmark's" in result.stderr
+    assert "fix: trainer.benchmark_at_end=true" in result.stderr
+    assert not list(tmp_path.glob("multirun/**/metrics.jsonl"))  # no trial trained
