@@ -207,7 +207,7 @@ def _set_up_problems(manifest: dict, engine, checkpoint: Path) -> list[str]:
     DeepSpeed (a missing or unexpected optimizer file)."""
     problems = []
     saved_world_size = manifest.get("world_size")
-    if saved_world_size != distributed.world_size():
+    if saved_world_size is not None and saved_world_size != distributed.world_size():
         problems.append(
             f"it was written by {saved_world_size} rank(s) and this job has {distributed.world_size()}; "
             f"resume with the same world size (cluster.nodes x cluster.gpus_per_node = {saved_world_size})"
