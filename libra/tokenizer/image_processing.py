@@ -15,7 +15,8 @@ Divergences from the official code, on purpose:
 * every Pillow mode works: the official eval processor pads before converting to RGB and crashes on
   non-square ``L``/``LA`` images; we convert first. RGBA/LA alpha is dropped, not composited, as the
   official ``convert("RGB")`` does; 16-bit and float images are scaled down to 8 bits;
-* unreadable files, empty images and extreme aspect ratios raise a ``ImageError`` naming the sample.
+* unreadable files, images too large to decode (PIL's decompression-bomb limit), empty images and
+  extreme aspect ratios raise a ``ImageError`` naming the sample.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def open_image(source: str | Path | bytes | Image.Image, key: str = "") -> Image
             image.load()  # decode now: a truncated JPEG fails here, not later inside a worker
         except FileNotFoundError as err:
             raise ImageError(f"image {name!r}: file not found") from err
+        except Image.DecompressionBombError as err:  # above twice PIL's MAX_IMAGE_PIXELS (179 MP)
+            raise ImageError(f"image {name!r} is too large to decode ({err}); downscale it") from err
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ImageError(
                 f"image {name!r} is not a readable image ({err}); check the file or drop the sample"

@@ -2,6 +2,8 @@
 decode round trips, save/load, token cache."""
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -106,6 +108,10 @@ def test_truncation_never_cuts_an_image(processor):
     assert torch.equal(cut.text_ids[0], full.text_ids[0, :start])
 
 
+def _png_chunk(kind: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def test_bad_samples_name_the_sample(processor, tmp_path):
     image = Image.fromarray(data.astronaut())
     with pytest.raises(SampleError, match="'two-tags'.*2 <image> tag.*1 image"):
@@ -136,6 +142,14 @@ def test_bad_samples_name_the_sample(processor, tmp_path):
     text_file.write_text("a cat on a mat")
     with pytest.raises(ImageError, match="caption.jpg"):
         processor([CaptionSample(text_file, "a cat", key=str(text_file))])
+    huge = tmp_path / "panorama.png"  # the header of a 20000 x 20000 PNG: 400 MP, PIL refuses to decode it
+    huge.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+        + _png_chunk(b"IDAT")
+    )
+    with pytest.raises(ImageError, match="'panorama.png' is too large to decode.*downscale it"):
+        processor([CaptionSample(huge, "a cat", key="panorama.png")])
     with pytest.raises(ImageError, match="'empty'.*0x0"):
         processor([CaptionSample(Image.new("RGB", (0, 0)), "a cat", key="empty")])
     with pytest.raises(ImageError, match="'needle'.*1x5000"):
