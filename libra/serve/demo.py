@@ -15,6 +15,7 @@ import os
 from omegaconf import DictConfig
 
 from libra.pretrained import default_device, load_pretrained
+from libra.tokenizer.image_processing import ImageError, open_image
 
 from .batching import BatchingEngine, Delta, Failed, RequestError, Sampling
 
@@ -39,6 +40,21 @@ def demo(cfg: DictConfig) -> None:
 def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
     """The Gradio Blocks app; ``engine`` must be started before it gets requests."""
     import gradio as gr
+
+    def read_upload(payload):
+        """The chat image's preprocessing: the upload decoded by ``open_image``, as ``task=chat`` and the
+        Python API decode it. Gradio's own ``convert("RGB")`` clips a 16-bit PNG to white, and a file
+        Pillow cannot read fails Gradio's preprocessing with a bare "Error" on every component."""
+        if payload is None or payload.path is None:  # nothing uploaded, or a data URL
+            return gr.Image.preprocess(image, payload)
+        name = payload.orig_name or "the upload"
+        try:
+            return open_image(payload.path, key=name)
+        except ImageError as err:  # its message names the server's temporary copy: not for the page
+            raise gr.Error(
+                f"{name!r} is not an image the demo can read (not an image file, damaged, or too "
+                "large); upload a photo (JPEG, PNG, WebP)"
+            ) from err
 
     async def respond(question: str, image, history: list, turns: list, images: list):
         """Stream the answer to ``question`` (about ``image``, if any) after the earlier ``turns``."""
@@ -87,6 +103,8 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
             turns, images = gr.State([]), gr.State([])
             with gr.Row():
                 image = gr.Image(type="pil", label="Image (optional)", elem_id="chat-image", scale=1)
+                # not a gr.Image subclass: Gradio writes a .pyi stub next to the module of every one
+                image.preprocess = read_upload
                 chatbot = gr.Chatbot(label="Libra", elem_id="chat", render_markdown=False, scale=2)
             question = gr.Textbox(label="Question", placeholder="What is in the picture?", elem_id="question")
             with gr.Row():

@@ -1,6 +1,6 @@
 """`python run.py task=demo ...` in a real headless Chromium (Debian's package, driven by playwright):
 open the page, upload a photo, ask, see the model's answer appear, draw an image; screenshots are
-saved in the test's tmp dir."""
+saved in the test's tmp dir. The app's components and handlers are also checked without a browser."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from launch_env import child_environ, free_port
@@ -42,6 +43,41 @@ def _expected_answer(folder: Path, photo: Path, max_new_tokens: int) -> str:
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens)
     return processor.batch_decode(out[:, :, inputs["input_ids"].shape[-1] :], skip_special_tokens=True)[0]
+
+
+def _demo_app(folder: Path):
+    """The app of `task=demo` on ``folder``, its engine not started (no handler is run through it)."""
+    from libra.pretrained import load_pretrained
+    from libra.serve.batching import BatchingEngine
+    from libra.serve.demo import build_demo
+
+    model, processor = load_pretrained(folder, "cpu")
+    engine = BatchingEngine(model, processor)
+    return build_demo(engine, max_new_tokens=6, temperature=0.0), engine
+
+
+def _component(app, elem_id: str):
+    return next(block for block in app.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def test_demo_upload_is_read_as_task_chat_reads_it(tiny_export, tmp_path):
+    """A 16-bit photo keeps its pixels (Gradio's own convert("RGB") made it white), and a file that is
+    no image is refused with a message naming it (Gradio's own preprocessing showed a bare "Error")."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from libra.tokenizer.image_processing import open_image
+
+    app, _ = _demo_app(tiny_export)
+    upload = _component(app, "chat-image")
+    photo = tmp_path / "camera16.png"
+    Image.fromarray(data.camera().astype(np.uint16) * 257).save(photo)  # a 16-bit greyscale PNG
+    shown = upload.preprocess(ImageData(path=str(photo), orig_name="camera16.png"))
+    assert np.array_equal(np.asarray(shown), np.asarray(open_image(photo)))
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    with pytest.raises(gr.Error, match="'notes.jpg' is not an image the demo can read"):
+        upload.preprocess(ImageData(path=str(text), orig_name="notes.jpg"))
 
 
 def _words(text: str) -> str:
