@@ -113,7 +113,10 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
             outputs = [chatbot, question, image, turns, images]
             for trigger in (send.click, question.submit):
                 trigger(respond, [question, image, chatbot, turns, images], outputs)
-            clear.click(lambda: ([], "", None, [], []), None, outputs)
+            # the chatbot's own trash button empties the chat on the page; the conversation kept in the
+            # states goes with it, or the next answer would follow turns the page no longer shows
+            for reset in (clear.click, chatbot.clear):
+                reset(lambda: ([], "", None, [], []), None, outputs)
         with gr.Tab("Text to image"):
             prompt = gr.Textbox(label="Description", placeholder="a red bus", elem_id="t2i-prompt")
             with gr.Row():

@@ -80,6 +80,21 @@ def test_demo_upload_is_read_as_task_chat_reads_it(tiny_export, tmp_path):
         upload.preprocess(ImageData(path=str(text), orig_name="notes.jpg"))
 
 
+def test_demo_chat_trash_button_starts_a_new_conversation(tiny_export):
+    """The chatbot's trash button empties the chat shown and the conversation kept for the next
+    question, as "New conversation" does (it used to leave the turns and images behind, unseen)."""
+    import gradio as gr
+
+    app, _ = _demo_app(tiny_export)
+    chatbot = _component(app, "chat")
+    states = [block._id for block in app.blocks.values() if isinstance(block, gr.State)]
+    (trash,) = [
+        d for d in app.config["dependencies"] if (chatbot._id, "clear") in d["targets"] and d["outputs"]
+    ]
+    values = dict(zip(trash["outputs"], app.fns[trash["id"]].fn()))
+    assert states and all(values[state] == [] for state in states) and values[chatbot._id] == []
+
+
 def _words(text: str) -> str:
     return " ".join(text.split())  # the page shows tabs and newlines as spaces
 
