@@ -72,15 +72,20 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
         yield history, "", None, turns, images
         events = engine.submit(request)
         answer = ""
-        while True:
-            event = await events.get()
-            if isinstance(event, Failed):
-                raise gr.Error(event.message)
-            if not isinstance(event, Delta):
-                break
-            answer += event.text
-            history[-1] = {"role": "assistant", "content": answer}
-            yield history, "", None, turns, images
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise gr.Error(event.message)
+                if not isinstance(event, Delta):
+                    break
+                answer += event.text
+                history[-1] = {"role": "assistant", "content": answer}
+                yield history, "", None, turns, images
+        finally:
+            # a reset or a closed page ends this generator mid-answer: the worker stops decoding the
+            # row (once the answer is finished the flag changes nothing)
+            request.cancelled = True
         turns = messages + [{"role": "assistant", "content": answer}]
         yield history, "", None, turns, turn_images
 
@@ -111,12 +116,15 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
                 send = gr.Button("Send", variant="primary", elem_id="send")
                 clear = gr.Button("New conversation", elem_id="clear")
             outputs = [chatbot, question, image, turns, images]
-            for trigger in (send.click, question.submit):
+            answers = [
                 trigger(respond, [question, image, chatbot, turns, images], outputs)
+                for trigger in (send.click, question.submit)
+            ]
             # the chatbot's own trash button empties the chat on the page; the conversation kept in the
-            # states goes with it, or the next answer would follow turns the page no longer shows
+            # states goes with it, or the next answer would follow turns the page no longer shows. A
+            # reset stops the answer streaming in, whose next chunk would bring the old chat back.
             for reset in (clear.click, chatbot.clear):
-                reset(lambda: ([], "", None, [], []), None, outputs)
+                reset(lambda: ([], "", None, [], []), None, outputs, cancels=answers)
         with gr.Tab("Text to image"):
             prompt = gr.Textbox(label="Description", placeholder="a red bus", elem_id="t2i-prompt")
             with gr.Row():

@@ -95,6 +95,37 @@ def test_demo_chat_trash_button_starts_a_new_conversation(tiny_export):
     assert states and all(values[state] == [] for state in states) and values[chatbot._id] == []
 
 
+def test_demo_reset_stops_the_answer_streaming_in(tiny_export, monkeypatch):
+    """ "New conversation" (or the trash button) while an answer streams in cancels it: its next chunk
+    brought the old chat back onto the emptied page, and the engine stops decoding its row."""
+    import asyncio
+
+    app, engine = _demo_app(tiny_export)
+    dependencies = app.config["dependencies"]
+    respond = [d for d in dependencies if getattr(app.fns[d["id"]].fn, "__name__", "") == "respond"]
+    assert len(respond) == 2  # Send and Enter in the question box
+    for reset in [(_component(app, "clear")._id, "click"), (_component(app, "chat")._id, "clear")]:
+        cancelled = {c for d in dependencies if reset in d["targets"] for c in d["cancels"]}
+        assert cancelled == {d["id"] for d in respond}, reset
+
+    submitted = []
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda request: submitted.append(request) or submit(request))
+
+    async def leave_mid_answer() -> None:
+        answer = app.fns[respond[0]["id"]].fn("Tell me a story", None, [], [], [])
+        await anext(answer)  # the question is shown
+        await anext(answer)  # the first words of the answer
+        await answer.aclose()  # what Gradio does to the answer a reset cancels
+
+    engine.start()
+    try:
+        asyncio.run(leave_mid_answer())
+    finally:
+        engine.stop()
+    assert len(submitted) == 1 and submitted[0].cancelled
+
+
 def _words(text: str) -> str:
     return " ".join(text.split())  # the page shows tabs and newlines as spaces
 
