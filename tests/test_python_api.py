@@ -51,6 +51,32 @@ def test_readme_snippet_answers_like_task_chat(tiny_export, photo, tmp_path):
     assert "<img_ph>" in processor.batch_decode(out)[0]  # the image span without skip_special_tokens
 
 
+def test_sampled_task_chat_follows_its_seed(tiny_export, photo, tmp_path):
+    """`task=chat temperature=1.0 seed=3` answers as the Python API with a generator seeded 3, however
+    the global random state stands (it sampled from torch's global generator, so seed= did nothing)."""
+    from libra import LibraForCausalLM, LibraProcessor
+    from libra.inference.chat import chat
+
+    model = LibraForCausalLM.from_pretrained(tiny_export)
+    processor = LibraProcessor.from_pretrained(tiny_export)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    inputs = processor(text=processor.apply_chat_template(messages, True), images=Image.open(photo))
+    out = model.generate(
+        **inputs,
+        max_new_tokens=12,
+        do_sample=True,
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    expected = processor.batch_decode(out[:, :, inputs["input_ids"].shape[-1] :], skip_special_tokens=True)[0]
+
+    cfg = _task_config(tmp_path, checkpoint=str(tiny_export), image=str(photo), prompt=QUESTION)
+    cfg.temperature, cfg.seed = 1.0, 3
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        assert chat(cfg) == expected.strip()
+
+
 def test_text_to_image_gives_the_image_task_generate_writes(tiny_export, tmp_path):
     from libra import LibraForCausalLM, LibraProcessor
     from libra.inference.generate import generate_images

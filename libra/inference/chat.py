@@ -3,7 +3,8 @@
     python run.py task=chat checkpoint=<folder> image=cat.jpg prompt="What is unusual here?"
 
 The prompt is built like the official demo (docs/design.md §4.4): the image's tokens, a newline, the text,
-wrapped in the v1 conversation template; greedy decoding unless `temperature` > 0. The answer is
+wrapped in the v1 conversation template; greedy decoding unless `temperature` > 0 (sampled, seeded by
+`seed`, as `task=generate` is: the same command gives the same answer). The answer is
 printed and written to `<run dir>/chat.json`; images the model draws in its answer go to PNGs there.
 """
 
@@ -38,11 +39,13 @@ def chat(cfg: DictConfig) -> str:
             f"{processor.vocab.tokens_per_image}) + max_new_tokens={cfg.max_new_tokens} exceed the model's "
             f"context of {context} tokens; shorten the prompt or lower max_new_tokens"
         )
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     ids = model.generate(
         **inputs,
         max_new_tokens=cfg.max_new_tokens,
         do_sample=cfg.temperature > 0,
         temperature=cfg.temperature if cfg.temperature > 0 else None,
+        generator=generator,
     )
     answer = processor.decode(ids[:, 0, prompt_length:])
     run_dir = Path(cfg.run_dir)
