@@ -77,6 +77,17 @@ def test_sampled_task_chat_follows_its_seed(tiny_export, photo, tmp_path):
         assert chat(cfg) == expected.strip()
 
 
+def test_task_chat_errors_name_the_image_file(tiny_export, tmp_path):
+    from libra.inference.chat import chat
+    from libra.tokenizer.image_processing import ImageError
+
+    strip = tmp_path / "banner.png"  # 400:1, beyond the preprocessor's max_aspect_ratio
+    Image.new("RGB", (4000, 10), (200, 10, 10)).save(strip)
+    cfg = _task_config(tmp_path, checkpoint=str(tiny_export), image=str(strip), prompt=QUESTION)
+    with pytest.raises(ImageError, match="banner.png' is 4000x10: aspect ratio"):
+        chat(cfg)
+
+
 def test_text_to_image_gives_the_image_task_generate_writes(tiny_export, tmp_path):
     from libra import LibraForCausalLM, LibraProcessor
     from libra.inference.generate import generate_images

@@ -29,7 +29,8 @@ def chat(cfg: DictConfig) -> str:
     model, processor = load_pretrained(cfg.checkpoint, device)
     images = [open_image(cfg.image, key=str(cfg.image))] if cfg.image else []
     text = f"{IMAGE_TAG}\n{cfg.prompt}" if images else cfg.prompt
-    sample = ConversationSample([Turn("user", text)], images, key="chat")
+    # the image's path names the sample: the preprocessor's errors (an extreme aspect ratio) name its key
+    sample = ConversationSample([Turn("user", text)], images, key=str(cfg.image) if images else "chat")
     inputs = processor([sample], generation=True, device=device)
     prompt_length = inputs["input_ids"].shape[-1]
     context = model.config.max_position_embeddings
