@@ -93,7 +93,7 @@ def _resolve(path: Path) -> ResolvedCheckpoint:
         return ResolvedCheckpoint(
             "deepspeed_step",
             path,
-            _model_files_for(path),
+            model_files_for(path),
             f"{path} is a DeepSpeed checkpoint of step {_step_of(path.resolve())}",
         )
     if path.name == "checkpoints" and path.is_dir():
@@ -132,7 +132,7 @@ def _from_run_dir(run_dir: Path, asked: Path) -> ResolvedCheckpoint:
             f"checkpoints/step_*/{_passed_over(skipped)}; pass one of those"
         )
     step, _, folder, kind = max(candidates)
-    files = folder if kind == "pretrained" else _model_files_for(folder)
+    files = folder if kind == "pretrained" else model_files_for(folder)
     what = "mid-run export" if kind == "pretrained" else "complete checkpoint"
     # a newer step that is not complete is named: the user may expect it to be the one loaded
     newer = [(path, why) for path, why in skipped if int(re.match(r"step_(\d+)", path.name)[1]) >= step]
@@ -215,7 +215,7 @@ def _scan_checkpoints(run_dir: Path) -> tuple[list[Path], list[tuple[Path, str]]
     return scan_checkpoints(run_dir)
 
 
-def _model_files_for(step_dir: Path) -> Path:
+def model_files_for(step_dir: Path) -> Path:
     """config.json + processor files for a DeepSpeed step folder: the step itself, the run's
     ``model_files/`` (written when training starts) or, for runs of older versions, its export."""
     # <run dir>/checkpoints/step_N, wherever a symlink to the step folder lies: the files of another

@@ -223,7 +223,46 @@ def _set_up_problems(manifest: dict, engine, checkpoint: Path) -> list[str]:
             "or start a new run from its weights with model=from_pretrained tokenizer=from_pretrained "
             f"model.init_from={checkpoint}"
         )
-    return problems
+    return problems + _model_shape_problems(engine, checkpoint)
+
+
+# LibraConfig fields that set the shape of some weight: resuming across them cannot load
+SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "vision_down_ratio",
+    "vision_vocab_size",
+    "vision_codebook_num",
+    "contiguous_signal_size",
+    "use_bridge",
+    "bridge_rank",
+)
+
+
+def _model_shape_problems(engine, checkpoint: Path) -> list[str]:
+    """The model settings in which this run's model and the one that wrote `checkpoint` differ, read
+    from the config.json its run saved: DeepSpeed's own load would end in a traceback of size
+    mismatches that names no setting."""
+    import json
+
+    from libra.pretrained import model_files_for
+
+    config = getattr(engine.module, "config", None)
+    try:
+        saved = json.loads((model_files_for(checkpoint) / "config.json").read_text())
+    except (FileNotFoundError, ValueError):  # no model files to compare with (a hand-made folder)
+        return []
+    differ = [k for k in SHAPE_KEYS if k in saved and getattr(config, k, saved[k]) != saved[k]]
+    if not differ:
+        return []
+    settings = ", ".join(f"{k}={saved[k]} there, {getattr(config, k)} here" for k in differ)
+    fix = " ".join(f"model.{k}={saved[k]}" for k in differ)
+    return [
+        f"it holds a model of another shape ({settings}); resume with the settings it was written with: {fix}"
+    ]
 
 
 def load_checkpoint(engine, state: TrainState, checkpoint: str | Path, finetune: Finetune = FULL) -> None:

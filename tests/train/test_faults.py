@@ -378,6 +378,23 @@ def test_resume_with_another_zero_stage_is_refused_naming_it(tmp_path, env, thre
     assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
 
 
+def test_resume_with_other_model_dimensions_is_refused_naming_them(tmp_path, env, three_steps):
+    """Other model dimensions failed in DeepSpeed's load_state_dict with a list of size mismatches
+    that named no setting; the refusal names each setting with the value to resume with."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(three_steps, run_dir)
+    args = [*TINY, "resume=auto", "trainer.max_steps=4", "model.hidden_size=64", "model.num_hidden_layers=3"]
+    code, out = run(args, run_dir, env)
+    assert code != 0
+    assert (
+        "it holds a model of another shape (hidden_size=32 there, 64 here, num_hidden_layers=2 there, "
+        "3 here); resume with the settings it was written with: model.hidden_size=32 "
+        "model.num_hidden_layers=2"
+    ) in out
+    assert "size mismatch" not in out
+    assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
+
+
 def test_resume_past_max_steps_is_refused(tmp_path, env, three_steps):
     """A checkpoint of step 3 resumed with trainer.max_steps=2 ran no step and exported the step-3
     weights as the run's result, exit 0."""
