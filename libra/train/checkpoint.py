@@ -33,6 +33,7 @@ The directory is assumed to be shared by all ranks (one filesystem), as DeepSpee
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -246,8 +247,6 @@ def _model_shape_problems(engine, checkpoint: Path) -> list[str]:
     """The model settings in which this run's model and the one that wrote `checkpoint` differ, read
     from the config.json its run saved: DeepSpeed's own load would end in a traceback of size
     mismatches that names no setting."""
-    import json
-
     from libra.pretrained import model_files_for
 
     config = getattr(engine.module, "config", None)
