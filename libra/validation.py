@@ -853,6 +853,13 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
 ]
 
 
+def validate_jobs(config_loader, config: DictConfig, job_overrides: Sequence[Sequence[str]]) -> None:
+    """Validate the config of every job of a multirun before any starts (the launchers of
+    hydra_plugins/ call it): a bad point of a sweep fails at once, not after the points before it."""
+    for overrides in job_overrides:
+        validate(config_loader.load_sweep_config(config, list(overrides)))
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming every problem of ``cfg``; return None when it can run."""
     problems = _check_values(cfg) + _unknown_keys(cfg)

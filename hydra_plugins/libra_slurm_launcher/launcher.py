@@ -39,11 +39,10 @@ class LibraSlurmLauncher(SlurmLauncher):
         self.dry_run = dry_run
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from libra.validation import validate
+        from libra.validation import validate_jobs
 
         assert self.hydra_context is not None and self.config is not None
-        for overrides in job_overrides:
-            validate(self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides)))
+        validate_jobs(self.hydra_context.config_loader, self.config, job_overrides)
         if not self.dry_run:
             return super().launch(job_overrides, initial_job_idx)
         print(render_sbatch(self.params, num_jobs=len(job_overrides)))

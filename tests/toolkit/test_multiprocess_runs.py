@@ -192,3 +192,13 @@ def test_optuna_sweep_without_its_objective_stops_before_training(tmp_path, cach
     assert "objective: 'benchmark/synthetic_vqa/accuracy' is read from the final benchmark's" in result.stderr
     assert "fix: trainer.benchmark_at_end=true" in result.stderr
     assert not list(tmp_path.glob("multirun/**/metrics.jsonl"))  # no trial trained
+
+
+def test_a_local_multirun_validates_every_job_before_the_first_starts(tmp_path, cache_env):
+    """The launcher of cluster=local (hydra_plugins/libra_local_launcher) validates all points of a
+    sweep first: the bad second point failed only after the first had trained in full."""
+    args = ["-m", "optimizer.lr=1e-3,0", *SMALL, "trainer.max_steps=1", "logger=none"]
+    result = run_py(args, cwd=tmp_path, env=cache_env)
+    assert result.returncode != 0
+    assert "optimizer.lr: 0 must be > 0" in result.stderr
+    assert not list(tmp_path.glob("multirun/**/metrics.jsonl"))  # the first point did not train
