@@ -44,6 +44,13 @@ GROUPS_OF_TASK = {
     "serve": (),
     "demo": (),
 }
+# Groups a task cannot run without, beyond the ??? check above: removing one (`~optimizer`) is refused
+# before any work. Training without `benchmark` is allowed (the recipe then skips the benchmark).
+NEEDED_GROUPS = {
+    "train": ("model", "tokenizer", "data", "optimizer", "scheduler", "deepspeed", "trainer", "finetune"),
+    "benchmark": ("benchmark",),
+}
+EVERY_TASK_NEEDS = ("cluster", "logger")
 
 
 class ConfigError(ValueError):
@@ -531,6 +538,34 @@ def _check_required(cfg: DictConfig) -> list[Problem]:
     return problems
 
 
+def _deleted_on_command_line(cfg: DictConfig) -> set[str]:
+    """The groups removed with `~group` (or `~group=option`) among Hydra's overrides of this job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if "hydra" in cfg:
+        overrides = cfg.hydra.overrides.task
+    elif HydraConfig.initialized():
+        overrides = HydraConfig.get().overrides.task
+    else:
+        return set()  # a config built by hand, e.g. a test's: it holds the groups it means to
+    texts = OmegaConf.to_container(overrides, resolve=False)  # `x=${oc.env:X}` stays text here
+    return {o[1:].split("=", 1)[0] for o in texts if o.startswith("~")}
+
+
+def _removed_groups(cfg: DictConfig) -> list[Problem]:
+    """Groups the task needs that were removed (`~optimizer`). The experiment's values for that group
+    remain without the group's `_target_` and defaults, and would fail only once the run is under way."""
+    task = cfg.get("task")
+    deleted = _deleted_on_command_line(cfg)
+    problems = []
+    for group in (*NEEDED_GROUPS.get(task, ()), *EVERY_TASK_NEEDS):
+        if group in deleted:
+            options = "|".join(sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")))
+            fix = f"drop ~{group}, or choose one: {group}={options}"
+            problems.append(Problem(group, f"is removed, but task={task} needs it", fix))
+    return problems
+
+
 def planned_world_size(cfg: DictConfig) -> int:
     """Processes of the run: nodes x processes per node; under an outside launcher (torchrun run.py)
     the launcher's WORLD_SIZE."""
@@ -862,7 +897,9 @@ def validate_jobs(config_loader, config: DictConfig, job_overrides: Sequence[Seq
 
 def validate(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` naming every problem of ``cfg``; return None when it can run."""
-    problems = _check_values(cfg) + _unknown_keys(cfg)
+    removed = _removed_groups(cfg)
+    gone = tuple(f"{problem.key}." for problem in removed)  # their keys' problems say nothing more
+    problems = removed + [p for p in _check_values(cfg) + _unknown_keys(cfg) if not p.key.startswith(gone)]
     if not problems:  # the rules assume well-typed values
         problems = _check_required(cfg)
         for rule in RULES:

@@ -228,7 +228,11 @@ def test_each_range_rule_rejects_its_bad_value_before_any_work(key, hydra_cleare
 
 @pytest.mark.parametrize(
     ("args", "key"),
-    [(["trainer.log_every=0"], "trainer.log_every: 0 must be > 0"), (["optimizer.lr=abc"], "optimizer.lr")],
+    [
+        (["trainer.log_every=0"], "trainer.log_every: 0 must be > 0"),
+        (["optimizer.lr=abc"], "optimizer.lr"),
+        (["~optimizer"], "optimizer: is removed, but task=train needs it"),
+    ],
 )
 def test_run_py_stops_before_any_work(args, key, tmp_path):
     result = run_py([*args, "logger=none"], cwd=tmp_path, timeout=120)
@@ -261,3 +265,21 @@ def test_a_key_added_with_plus_to_a_typed_group_is_refused(overrides, message, f
         validate(compose_config(overrides))
     assert message in str(error.value) and fix in str(error.value)
     validate(compose_config(["+tokenizer.text_folder=/x"]))  # model, tokenizer, data, benchmark: free-form
+
+
+@pytest.mark.parametrize("group", ["optimizer", "data", "scheduler", "finetune", "cluster", "logger"])
+def test_removing_a_group_the_task_needs_is_refused(group, hydra_cleared):
+    """`~optimizer` leaves the experiment's optimizer values without the group's `_target_`: the run
+    would fail once under way. One problem names the group and its options, none for its keys."""
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config([f"~{group}"]))
+    assert error.value.problems[0] == error.value.problems[-1]  # one problem only
+    problem = error.value.problems[0]
+    assert (problem.key, problem.message) == (group, "is removed, but task=train needs it")
+    assert problem.fix.startswith(f"drop ~{group}, or choose one: {group}=")
+
+
+def test_removing_a_group_the_task_does_not_read_is_allowed(hydra_cleared):
+    validate(compose_config(["~benchmark"]))  # training without a benchmark: the recipe skips it
+    with pytest.raises(ConfigError, match="benchmark: is removed, but task=benchmark needs it"):
+        validate(compose_config(["task=benchmark", "~benchmark"]))
