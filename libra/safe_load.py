@@ -50,6 +50,8 @@ def safe_torch_load(
         with torch.serialization.safe_globals(list(allow)):
             return _TORCH_LOAD(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
+        if not _looks_like_a_torch_file(path):
+            raise _damaged(path, f"{type(err).__name__}: neither a zip archive nor a pickle") from err
         found = re.search(r"(?:Unsupported global|Unsupported operand|GLOBAL)[^\n]*", str(err))
         detail = found.group(0) if found else str(err).splitlines()[0]
         raise UnsafePickleError(
@@ -61,10 +63,24 @@ def safe_torch_load(
         raise
     except (RuntimeError, OSError, EOFError) as err:
         detail = str(err).splitlines()[0] if str(err) else "the file ends early"
-        raise DamagedFileError(
-            f"{path} is not a readable torch file ({type(err).__name__}: {detail}); it was cut short or "
-            "overwritten after it was saved: use another checkpoint or copy the file again"
-        ) from err
+        raise _damaged(path, f"{type(err).__name__}: {detail}") from err
+
+
+def _looks_like_a_torch_file(path: Any) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle of protocol 2 or later (the legacy format):
+    random bytes are neither, and the unpickler's refusal of them is damage, not an attack."""
+    if not isinstance(path, (str, Path)):
+        return True  # a file object: cannot be reread here, let the unpickler's verdict stand
+    with open(path, "rb") as file:
+        head = file.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
+
+
+def _damaged(path: Any, detail: str) -> DamagedFileError:
+    return DamagedFileError(
+        f"{path} is not a readable torch file ({detail}); it was cut short or overwritten after it was "
+        "saved: use another checkpoint or copy the file again"
+    )
 
 
 @contextmanager

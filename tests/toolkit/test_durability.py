@@ -143,8 +143,9 @@ def test_a_pickle_with_a_payload_is_refused_and_runs_nothing(tmp_path):
         lambda data: (
             data[: len(data) // 2] + bytes(len(data) - len(data) // 2)
         ),  # same size: the manifest agrees
+        lambda data: bytes(range(1, 256)) * 16,  # overwritten: the unpickler refuses it as unsafe
     ],
-    ids=["empty", "cut_short", "tail_zeroed"],
+    ids=["empty", "cut_short", "tail_zeroed", "other_bytes"],
 )
 def test_a_damaged_torch_file_is_named(tmp_path, damage):
     """torch's errors for these ('[Errno 22] Invalid argument', 'PytorchStreamReader failed reading zip
