@@ -106,7 +106,13 @@ class LowRankGroups(nn.Module):
             # replaced by a LoRA-adapted copy (libra/train/lora.py): only its own forward adds the adapters
             return [layer(x) for layer in layers]
         if x.shape[0] == 0:  # e.g. no image token in a decoding step: not even the stack is needed
-            return [x.new_zeros(0, layer.weight_B.shape[0]) for layer in layers]
+            # every output is a zero-row tensor: share one per width (the input serves for its own)
+            empty = {x.shape[1]: x}
+            for layer in layers:
+                width = layer.weight_B.shape[0]
+                if width not in empty:
+                    empty[width] = x.new_zeros(0, width)
+            return [empty[layer.weight_B.shape[0]] for layer in layers]
         ranks = [layer.weight_A.shape[0] for layer in layers]
         z = F.linear(x, self.stacked_A(name, layers))  # (n, sum of ranks)
         return [F.linear(zi, layer.weight_B) for zi, layer in zip(z.split(ranks, dim=-1), layers)]
@@ -177,6 +183,8 @@ class Routing:
 
 def routed(x: torch.Tensor, routing: Routing, text_fn, vision_fn) -> torch.Tensor:
     """Apply text_fn to the text rows and vision_fn to the image rows of a sorted (B*N, ...) tensor."""
+    if routing.one_modality:  # every row is of one kind (a decoding step of text rows): no split
+        return text_fn(x) if routing.n_vision == 0 else vision_fn(x)
     return join_rows(routing, text_fn, vision_fn, *routing.split(x))
 
 
@@ -268,10 +276,10 @@ class LibraAttention(LowRankGroups):
             vision += [self.vision_k_bridge_on_vision, self.vision_v_bridge_on_vision]
         q_vision, k_vision, v_vision, *bridge_vision = self.low_rank_group("vision", h_vision, vision)
         parts = [cat_rows(q_text, q_vision)]
-        if self.use_bridge:  # key/value set seen by text queries: image keys carry their bridge term
+        if self.use_bridge and routing.n_vision:  # the set text queries read: image keys carry their bridge
             kb_vision, vb_vision = bridge_vision
             parts += [cat_rows(k_text, k_vision + kb_vision), cat_rows(v_text, v_vision + vb_vision)]
-        else:  # one key/value set serves both modalities
+        else:  # one key/value set serves both modalities (no bridge), or no image row has a term to add
             parts += [cat_rows(k_text, k_vision), cat_rows(v_text, v_vision)]
         # with no cache to keep it, the image queries' set is needed only before the end of the last image
         prefix = attn.image_prefix if image_set and not (cache is not None and cache.image_queries) else None
@@ -489,6 +497,8 @@ class LibraDecoderLayer(nn.Module):
         self.vision_resid_drop = nn.Dropout(config.vision_resid_pdrop)
 
     def resid_dropout(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
+        if not self.training:  # the identity: not even a module call per residual (decoding steps)
+            return x
         if self.resid_drop.p == self.vision_resid_drop.p:  # same rate: no need to split (no copy)
             return self.resid_drop(x)
         return routed(x, routing, self.resid_drop, self.vision_resid_drop)
@@ -595,10 +605,10 @@ class LibraModel(LibraPreTrainedModel):
         K = cfg.vision_codebook_num
         ids = input_ids.reshape(K, -1)
         ids = ids if routing.one_modality else ids.index_select(1, routing.perm)  # (K, B*N) sorted
-        text_ids, vision_ids = ids[0, : routing.n_text], ids[:, routing.n_text :] - cfg.vocab_size
-        e_text = self.embed_drop(self.embed_tokens(text_ids))
+        e_text = self.embed_drop(self.embed_tokens(ids[0, : routing.n_text]))
         if routing.n_vision == 0:
             return e_text
+        vision_ids = ids[:, routing.n_text :] - cfg.vocab_size
         # codebook k fills feature block k: [emb_0(code_0) ; emb_1(code_1)]
         e_vision = torch.cat([self.vision_embed_tokens[k](vision_ids[k]) for k in range(K)], dim=-1)
         vision_rows = routing.perm[routing.n_text :]

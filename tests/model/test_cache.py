@@ -5,6 +5,8 @@ import copy
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from libra.model import LibraCache, LibraConfig, LibraForCausalLM
 
@@ -29,6 +31,56 @@ def test_text_decoding_keeps_a_llama_sized_cache(tiny_model, data_dir):
     cache = out.cache
     assert all(s is None for s in cache.image_set) and all(s is not None for s in cache.text_set)
     assert cache.nbytes() == _llama_cache_bytes(tiny_model.config, B, N + 6)  # the reference: twice that
+
+
+class _Operators(TorchDispatchMode):
+    """Every operator a block of code runs, with its tensor arguments and result."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        self.calls.append((func, pytree.tree_leaves((args, kwargs)), result))
+        return result
+
+
+def test_a_decoding_step_of_text_rows_runs_nothing_of_the_image_side(tiny_model, data_dir, monkeypatch):
+    """After a prompt that ends on text, each step's rows are all text: no operator reads a vision_*
+    weight or computes an empty tensor for the absent image rows (views of zero rows cost nothing)."""
+    kw = _case(data_dir, "gen_text")
+    vision_storage = {
+        p.untyped_storage().data_ptr() for name, p in tiny_model.named_parameters() if "vision" in name
+    }
+    steps, forward = [], tiny_model.forward
+
+    def watch_decoding_steps(*args, **kwargs):
+        if kwargs["past_key_values"] is None or kwargs["past_key_values"].get_seq_length() == 0:
+            return forward(*args, **kwargs)  # the prompt, which has image rows
+        with _Operators() as operators:
+            out = forward(*args, **kwargs)
+        steps.append(operators.calls)
+        return out
+
+    monkeypatch.setattr(tiny_model, "forward", watch_decoding_steps)
+    tiny_model.generate(**kw, max_new_tokens=3)
+    assert len(steps) == 2
+    for calls in steps:
+        empties = [
+            str(func)
+            for func, _, result in calls
+            if isinstance(result, torch.Tensor) and result.numel() == 0 and not func.is_view
+        ]
+        vision_reads = [
+            str(func)
+            for func, leaves, _ in calls
+            if any(
+                isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() in vision_storage
+                for t in leaves
+            )
+        ]
+        assert (empties, vision_reads) == ([], [])
 
 
 def test_image_generation_drops_the_image_query_set_once_the_image_is_done(tiny_model, data_dir):
