@@ -733,7 +733,7 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
         problems.append(
             Problem("prompt", f"task={cfg.task} needs a prompt", 'prompt="What is in the image?"')
         )
-    if cfg.task == "chat" and cfg.image is not None and not os.path.isfile(cfg.image):
+    if cfg.task == "chat" and cfg.image is not None and not os.path.isfile(os.path.expanduser(cfg.image)):
         problems.append(
             Problem("image", f"{cfg.image!r} is not a file", "image=<path of an image>  (or image=null)")
         )

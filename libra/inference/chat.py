@@ -11,6 +11,7 @@ printed and written to `<run dir>/chat.json`; images the model draws in its answ
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -27,10 +28,11 @@ def chat(cfg: DictConfig) -> str:
     """Generate the answer to `cfg.prompt` (about `cfg.image`, if given); returns the answer text."""
     device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
-    images = [open_image(cfg.image, key=str(cfg.image))] if cfg.image else []
+    image = os.path.expanduser(cfg.image) if cfg.image else None  # ~ as in checkpoint=
+    images = [open_image(image, key=image)] if image else []
     text = f"{IMAGE_TAG}\n{cfg.prompt}" if images else cfg.prompt
     # the image's path names the sample: the preprocessor's errors (an extreme aspect ratio) name its key
-    sample = ConversationSample([Turn("user", text)], images, key=str(cfg.image) if images else "chat")
+    sample = ConversationSample([Turn("user", text)], images, key=image or "chat")
     inputs = processor([sample], generation=True, device=device)
     prompt_length = inputs["input_ids"].shape[-1]
     context = model.config.max_position_embeddings
@@ -55,7 +57,7 @@ def chat(cfg: DictConfig) -> str:
     for i, picture in enumerate(processor.images_to_pil(answer.images) if answer.images else []):
         image_files.append(str(run_dir / f"chat_image_{i}.png"))
         picture.save(image_files[-1])
-    record = {"prompt": cfg.prompt, "image": cfg.image, "answer": answer.text.strip(), "images": image_files}
+    record = {"prompt": cfg.prompt, "image": image, "answer": answer.text.strip(), "images": image_files}
     (run_dir / "chat.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"USER: {cfg.prompt}\nASSISTANT: {record['answer']}", flush=True)
     return record["answer"]

@@ -5,6 +5,7 @@ two ranks. (Every experiment's one-step run is tests/train/test_experiments.py.)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -82,18 +83,28 @@ def test_multirun_gives_one_wandb_run_per_job_in_one_group(multirun):
 @pytest.mark.slow
 def test_chat_answers_like_the_model_on_the_documented_prompt(multirun, tmp_path, data_dir, cache_env):
     """task=chat builds image block + newline + text in the v1 template and decodes greedily: the
-    answer it saves equals the model's own greedy continuation of that prompt."""
+    answer it saves equals the model's own greedy continuation of that prompt. The image is given as
+    ~/<file>, quoted, so that the shell leaves the ~ to run.py."""
     from libra.model import LibraForCausalLM
     from libra.tokenizer.processor import LibraProcessor
     from libra.tokenizer.samples import ConversationSample, Turn
 
     export = multirun / "0" / "export"
-    image = data_dir / "processor_tiny" / "images" / "duck_drawn.png"
+    home = tmp_path / "home"
+    home.mkdir()
+    image = home / "duck_drawn.png"
+    shutil.copy(data_dir / "processor_tiny" / "images" / "duck_drawn.png", image)
     prompt = "what colour is the shape?"
     result = run_py(
-        ["task=chat", f"checkpoint={export}", f"image={image}", f"prompt='{prompt}'", "max_new_tokens=6"],
+        [
+            "task=chat",
+            f"checkpoint={export}",
+            "image='~/duck_drawn.png'",
+            f"prompt='{prompt}'",
+            "max_new_tokens=6",
+        ],
         cwd=tmp_path,
-        env=cache_env,
+        env={**cache_env, "HOME": str(home)},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     (saved,) = tmp_path.glob("outputs/tiny/*/chat.json")

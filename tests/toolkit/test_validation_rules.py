@@ -105,6 +105,17 @@ def test_inference_tasks_need_checkpoint_and_prompt(tmp_path, data_dir):
     validate(_cfg(task="generate", checkpoint=folder, prompt="a red bus"))
 
 
+def test_a_chat_image_under_home_is_found_with_a_tilde(tmp_path, data_dir, monkeypatch):
+    folder = str(_checkpoint(tmp_path, data_dir))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "cat.png").write_bytes(b"any bytes: only the path is checked here")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    validate(_cfg(task="chat", checkpoint=folder, prompt="hi", image="~/cat.png"))
+    assert "image: '~/dog.png' is not a file" in _problems(
+        _cfg(task="chat", checkpoint=folder, prompt="hi", image="~/dog.png")
+    )
+
+
 def test_resume_is_auto_or_a_run_dir(tmp_path):
     assert "resume=auto" in _problems(_cfg(resume=str(tmp_path / "nope")))
     validate(_cfg(resume="auto"))
