@@ -54,6 +54,7 @@ class ServeConfig:
     model_name: str = MISSING
     allow_local_paths: bool = MISSING
     max_images: int = MISSING
+    max_request_mb: float = MISSING
     max_batch_size: int = MISSING
     batch_window_ms: float = MISSING
 

@@ -185,6 +185,7 @@ RANGES: dict[str, Range] = {
             "optimizer.eps",
             "optimizer.llm_lr_scale",
             "serve.max_images",
+            "serve.max_request_mb",
             "serve.max_batch_size",
             "logger.backend.upload_max_mb",
             "finetune.rank",

@@ -3,33 +3,24 @@ of the reference LAION/COCO readers (docs/design.md §6.1), and the worker-side 
 
 Decoding is forced here (``load()``), so a truncated or corrupt file fails inside the reader,
 where it is skipped and counted, not later inside the collator or the model. The pixel count is
-checked from the header first: a decompression bomb (a 100 kB PNG can claim 10000 x 10000 pixels,
-300 MB once decoded) is refused before any pixel is decoded. PIL alone only warns up to twice its
-``MAX_IMAGE_PIXELS`` (89 MP) and refuses beyond.
+checked from the header first (``open_header``, which the preprocessor's ``open_image`` shares): a
+decompression bomb is refused before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from libra.tokenizer.image_processing import to_rgb
+from libra.tokenizer.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, open_header, to_rgb
 
 from .skips import skip
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-# 8192 x 8192: above any camera photo (a 61 MP full-frame sensor is 9504 x 6336) and below PIL's
-# 89 MP warning threshold; decoded it is ~200 MB of RGB per worker, which a node can bear.
-DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
-
-
-class ImageTooLarge(ValueError):
-    """An image whose header claims more pixels than the reader's ``max_image_pixels``."""
 
 
 # What opening an image can raise on bad data; ``image_fault`` names the skip reason. Pillow's
@@ -71,15 +62,7 @@ def decode_image_bytes(
     at least that large on both sides), which is much cheaper than decoding full size and
     resizing afterwards; preprocessing resizes to the exact size anyway.
     """
-    with warnings.catch_warnings():
-        # the max_pixels check below replaces PIL's warning (PIL's hard limit at twice it stays)
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        image = Image.open(io.BytesIO(data))  # reads the header only
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        raise ImageTooLarge(
-            f"{image.width}x{image.height} = {image.width * image.height} pixels, above "
-            f"max_image_pixels={max_pixels}"
-        )
+    image = open_header(io.BytesIO(data), max_pixels)
     if draft_size is not None and image.format == "JPEG":
         image.draft("RGB", (draft_size, draft_size))
     image.load()

@@ -40,7 +40,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from libra.tokenizer.image_processing import ImageError
+from libra.tokenizer.image_processing import ImageError, ImageTooLarge
 
 from .batching import BatchingEngine, Delta, Failed, Finished, GenerationRequest, RequestError, Sampling
 from .protocol import (
@@ -75,6 +75,7 @@ class ServeSettings:
     api_key: str | None = None
     allow_local_paths: bool = False
     max_images: int = 4
+    max_request_mb: float = 32.0  # a larger request body is answered 413 before it is parsed
     default_max_tokens: int = 64  # when a request names no max_tokens
     default_temperature: float = 0.0  # when a request names no temperature: greedy
 
@@ -118,6 +119,7 @@ def build_app(engine: BatchingEngine, settings: ServeSettings) -> FastAPI:
         engine.stop()
 
     app = FastAPI(title="libra", lifespan=lifespan)
+    app.add_middleware(_BodyLimit, max_bytes=int(settings.max_request_mb * 2**20))
     handlers = _Handlers(engine, settings)
     _add_error_handlers(app)
     auth = [Depends(handlers.check_api_key)]
@@ -129,6 +131,56 @@ def build_app(engine: BatchingEngine, settings: ServeSettings) -> FastAPI:
     app.post("/v1/chat/completions", dependencies=auth)(handlers.chat_completions)
     app.post("/v1/images/generations", dependencies=auth)(handlers.generate_images)
     return app
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body above ``max_bytes`` is answered 413 before the app parses it.
+    A declared Content-Length is refused before any byte is read; a chunked body is read up to the
+    limit (the app would read it whole anyway) and then handed on, so the handlers still hear of a
+    client that disconnects."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode()
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send, int(declared))
+        if declared:  # the server stops at the declared length: nothing to count
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left while sending
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send, size)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send, size: int) -> None:
+        limit_mb = self.max_bytes / 2**20
+        error = APIError(
+            413,
+            f"the request body is {size / 2**20:.1f} MB, above serve.max_request_mb={limit_mb:g}; send "
+            "smaller images (the model sees them at its own resolution), or raise the limit",
+            code="request_too_large",
+        )
+        await JSONResponse(error.body(), status_code=413)(scope, receive, send)
 
 
 class _Handlers:
@@ -176,7 +228,7 @@ class _Handlers:
             return StreamingResponse(chunks, media_type="text/event-stream")
         text = []
         # (a streaming response notices a disconnect itself; a plain handler is not told: watch)
-        watcher = asyncio.create_task(_cancel_on_disconnect(http, request))
+        watcher = asyncio.create_task(_cancel_on_disconnect(http, [request]))
         try:
             while True:
                 event = await events.get()
@@ -314,11 +366,13 @@ class _Handlers:
             # preprocessed here, not in the worker: an image the preprocessor refuses (an extreme
             # aspect ratio) must fail its own request with a 400, not its whole batch with a 500
             return self.processor.preprocessor.to_uint8(source, key=where)
+        except ImageTooLarge as err:
+            raise APIError(400, f"{where}: {err}", param=where, code="image_too_large") from err
         except (ImageError, Image.DecompressionBombError) as err:
             raise APIError(400, f"{where}: not an image: {err}", param=where, code="invalid_image") from err
 
     # ---- images ---------------------------------------------------------------------------------
-    async def generate_images(self, body: ImageGenerationRequest) -> ImagesResponse:
+    async def generate_images(self, body: ImageGenerationRequest, http: Request) -> ImagesResponse:
         if body.model is not None:
             self._check_model(body.model)
         if body.response_format == "url":
@@ -331,13 +385,17 @@ class _Handlers:
         temperature = IMAGE_TEMPERATURE if body.temperature is None else body.temperature
         with _as_api_error():
             rows = self.engine.image_requests(body.prompt, body.n, Sampling(temperature, 1.0, body.seed))
-        queues = [self.engine.submit(row) for row in rows]
+        queues = self.engine.submit_group(rows)
+        watcher = asyncio.create_task(_cancel_on_disconnect(http, rows))
         data = []
-        for events in queues:
-            event = await events.get()
-            if isinstance(event, Failed):
-                raise APIError(500, event.message, type="server_error")
-            data.append(ImageData(b64_json=_png_base64(event.images[0])))
+        try:
+            for events in queues:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise APIError(500, event.message, type="server_error")
+                data.append(ImageData(b64_json=_png_base64(event.images[0])))
+        finally:
+            watcher.cancel()
         return ImagesResponse(created=int(time.time()), data=data)
 
     # ---- checks ---------------------------------------------------------------------------------
@@ -351,13 +409,14 @@ class _Handlers:
             )
 
 
-async def _cancel_on_disconnect(http: Request, request: GenerationRequest) -> None:
-    """Wait for the client of ``request`` to disconnect (a client that timed out), then stop decoding
-    its row, which would hold up the requests behind it, and wake its handler."""
+async def _cancel_on_disconnect(http: Request, rows: list[GenerationRequest]) -> None:
+    """Wait for the client of ``rows`` (one HTTP request) to disconnect (a client that timed out), then
+    stop decoding them, which would hold up the requests behind them, and wake their handler."""
     while (await http.receive())["type"] != "http.disconnect":
         pass
-    request.cancelled = True
-    request.send(Failed("the client disconnected"))
+    for row in rows:
+        row.cancelled = True
+        row.send(Failed("the client disconnected"))
 
 
 @contextlib.contextmanager

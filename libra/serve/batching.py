@@ -174,10 +174,16 @@ class BatchingEngine:
 
     def submit(self, request: GenerationRequest) -> asyncio.Queue:
         """Queue ``request`` (from a coroutine); its events arrive on the returned asyncio queue."""
-        request.loop = asyncio.get_running_loop()
-        request.events = asyncio.Queue()
-        self._queue.put(request)
-        return request.events
+        return self.submit_group([request])[0]
+
+    def submit_group(self, rows: list[GenerationRequest]) -> list[asyncio.Queue]:
+        """Queue the rows of one HTTP request (the n images of an image request) as one item: they
+        always decode in one batch, so one seed draws n different images, whatever the load."""
+        loop = asyncio.get_running_loop()
+        for row in rows:
+            row.loop, row.events = loop, asyncio.Queue()
+        self._queue.put(rows)
+        return [row.events for row in rows]
 
     # ---- requests -------------------------------------------------------------------------------
     @property
@@ -243,21 +249,25 @@ class BatchingEngine:
 
     # ---- the worker -----------------------------------------------------------------------------
     def _work(self) -> None:
+        carried = None  # a request that did not fit the last batch: it opens the next one
         while True:
-            first = self._queue.get()
+            first, carried = (self._queue.get() if carried is None else carried), None
             if first is _STOP:
                 return
-            pending, stopping = [first], False
+            pending, stopping = list(first), False
             deadline = time.monotonic() + self.window_s
             while len(pending) < self.max_batch_size:
                 try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                    rows = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                 except queue.Empty:
                     break
-                if item is _STOP:
+                if rows is _STOP:
                     stopping = True
                     break
-                pending.append(item)
+                if len(pending) + len(rows) > self.max_batch_size:  # requests are never split
+                    carried = rows
+                    break
+                pending.extend(rows)
             groups: dict[tuple, list[GenerationRequest]] = {}
             for request in pending:
                 if request.cancelled:  # its client left while it waited
@@ -311,11 +321,13 @@ class BatchingEngine:
         )
 
     def _finish_images(self, batch, ids, prompt_length: int, streamer: _BatchStreamer) -> None:
+        if all(row.request.cancelled for row in streamer.rows):  # every client left: nobody to answer
+            return
         if ids is None:
             raise RuntimeError("generation stopped before the images were complete")
         pictures = self.processor.batch_decode_images(ids, prompt_length=prompt_length)
         for row, images in zip(streamer.rows, pictures):
-            if row.request.kind != "image":
+            if row.request.kind != "image" or row.request.cancelled:
                 continue
             if not images:
                 raise RuntimeError("the model did not complete an image")

@@ -33,6 +33,7 @@ def serve(cfg: DictConfig) -> None:
         api_key=options.api_key or os.environ.get(API_KEY_ENV) or None,
         allow_local_paths=options.allow_local_paths,
         max_images=options.max_images,
+        max_request_mb=options.max_request_mb,
         default_max_tokens=cfg.max_new_tokens,
         default_temperature=cfg.temperature,
     )

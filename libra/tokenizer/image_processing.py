@@ -26,6 +26,7 @@ import functools
 import io
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,26 +38,58 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# The most pixels an encoded image may claim: 8192 x 8192, above any camera photo (a 61 MP full-frame
+# sensor is 9504 x 6336) and below PIL's 89 MP warning threshold; decoded it is ~200 MB of RGB. PIL on
+# its own only warns up to twice its threshold and refuses beyond.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+
+
 class ImageError(ValueError):
     """An input image that cannot be used; the message names the sample and the fix."""
 
 
-def open_image(source: str | Path | bytes | Image.Image, key: str = "") -> Image.Image:
+class ImageTooLarge(ImageError):
+    """An image whose header claims more pixels than ``max_pixels``: refused before decoding (a 100 kB
+    PNG can claim 10000 x 10000 pixels, 300 MB once decoded)."""
+
+
+def open_header(source, max_pixels: int | None) -> Image.Image:
+    """``Image.open`` of a file or file object: reads the header only, and raises ``ImageTooLarge``
+    when it claims more than ``max_pixels`` pixels (None: PIL's own limit only)."""
+    with warnings.catch_warnings():
+        # the check below replaces PIL's warning (its hard limit, twice the warning's, stays)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        image = Image.open(source)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageTooLarge(
+            f"{image.width}x{image.height} = {image.width * image.height} pixels, above "
+            f"max_image_pixels={max_pixels}"
+        )
+    return image
+
+
+def open_image(
+    source: str | Path | bytes | Image.Image, key: str = "", max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> Image.Image:
     """Decode ``source`` (path, encoded bytes or PIL image) into an RGB PIL image.
 
-    EXIF orientation is applied. ``key`` names the sample in error messages.
+    EXIF orientation is applied. ``key`` names the sample in error messages. An encoded image that
+    claims more than ``max_pixels`` pixels is refused before it is decoded; a PIL image is taken as it
+    is (its caller has it in memory already).
     """
     name = key or (str(source) if isinstance(source, (str, Path)) else "<in-memory image>")
     if isinstance(source, Image.Image):
         image = source
     else:
         try:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = open_header(io.BytesIO(source) if isinstance(source, bytes) else source, max_pixels)
             image.load()  # decode now: a truncated JPEG fails here, not later inside a worker
         except FileNotFoundError as err:
             raise ImageError(f"image {name!r}: file not found") from err
+        except ImageTooLarge as err:
+            raise ImageTooLarge(f"image {name!r} is too large: {err}; downscale it") from err
         except Image.DecompressionBombError as err:  # above twice PIL's MAX_IMAGE_PIXELS (179 MP)
-            raise ImageError(f"image {name!r} is too large to decode ({err}); downscale it") from err
+            raise ImageTooLarge(f"image {name!r} is too large to decode ({err}); downscale it") from err
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ImageError(
                 f"image {name!r} is not a readable image ({err}); check the file or drop the sample"

@@ -10,6 +10,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -158,11 +159,44 @@ def test_image_generation_returns_png_images(client, server):
     assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected))
 
 
+def test_a_seeded_image_request_draws_the_same_n_images_whatever_the_batch_size(tiny_export, client):
+    """The n rows of one request decode in one batch, even when n exceeds serve.max_batch_size: split
+    over batches, each part would replay the seed's draws and repeat the first part's images."""
+
+    def drawn(images_client) -> list[str]:
+        result = images_client.images.generate(model="libra", prompt="a red bus", n=4, extra_body={"seed": 7})
+        return [d.b64_json for d in result.data]
+
+    wide = drawn(client)  # the module's server: batches of up to 16
+    running = start_server(tiny_export, max_batch_size=2)
+    try:
+        from openai import OpenAI
+
+        narrow = drawn(OpenAI(base_url=f"{running.base_url}/v1", api_key="unused", max_retries=0, timeout=60))
+        assert running.engine.stats.snapshot()["batch_sizes"] == {"4": 1}
+    finally:
+        running.stop()
+    assert len(set(wide)) == 4 and narrow == wide
+
+
 def _long_text() -> str:
     return " ".join(f"word{i}" for i in range(600))  # well past the tiny model's 512 positions
 
 
 NOT_AN_IMAGE = "data:image/png;base64," + base64.b64encode(b"this is not a picture").decode()
+
+
+def _png_claiming(width: int, height: int) -> str:
+    """A data URL of a 1 x 1 PNG whose header claims width x height: a server that decodes it before
+    checking its size fails on the pixel data (or decodes a bomb), one that checks first refuses it."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    png = bytearray(buffer.getvalue())
+    png[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # the IHDR's first fields
+    png[29:33] = zlib.crc32(png[12:29]).to_bytes(4, "big")  # and its checksum
+    return "data:image/png;base64," + base64.b64encode(bytes(png)).decode()
+
+
 STRIP = data_url(Image.new("RGB", (1, 100)))  # an aspect ratio the preprocessor refuses
 BAD_INPUTS = {
     "data URL that is not an image": (
@@ -173,6 +207,19 @@ BAD_INPUTS = {
         },
         400,
         "invalid_image",
+        "messages[0].content[0].image_url",
+    ),
+    "image that claims 10000 x 10000 pixels": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": _png_claiming(10000, 10000)}}],
+                }
+            ]
+        },
+        400,
+        "image_too_large",
         "messages[0].content[0].image_url",
     ),
     "image of an extreme aspect ratio": (
@@ -436,6 +483,19 @@ def _tokens_after_leaving(server, client, before: int) -> int:
 LONG_ANSWER = {"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400}
 
 
+def _post_and_leave(server, path: str, body: dict, decoding: threading.Event) -> None:
+    """POST ``body`` as a client that closes its connection once the answer is being decoded."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=60) as connection:
+        connection.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        assert decoding.wait(timeout=60)
+
+
 def test_a_client_that_leaves_mid_stream_stops_its_decoding(server, client, decoding_waits_for_a_cancel):
     """Closing a stream cancels its row: the worker ends the batch instead of decoding up to
     max_tokens for nobody (which would hold up every request queued behind it)."""
@@ -454,17 +514,56 @@ def test_a_client_that_leaves_before_the_answer_stops_its_decoding(
 ):
     """The same for a plain request (a client that timed out): its row is cancelled, its handler ends."""
     before = server.engine.stats.snapshot()["completion_tokens"]
-    host, port = server.base_url.removeprefix("http://").split(":")
-    payload = json.dumps(LONG_ANSWER).encode()
-    with socket.create_connection((host, int(port)), timeout=60) as connection:
-        connection.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        assert decoding_waits_for_a_cancel.wait(timeout=60)
+    _post_and_leave(server, "/v1/chat/completions", LONG_ANSWER, decoding_waits_for_a_cancel)
     spent = _tokens_after_leaving(server, client, before)
     assert spent < 50, f"{spent} tokens decoded for a client that left"
+
+
+def test_a_body_above_the_size_limit_is_refused_before_it_is_read(tiny_export, astronaut):
+    """serve.max_request_mb: a declared Content-Length above it is a 413 at once, a chunked body is
+    counted while read; a chunked body below it is answered as usual."""
+    running = start_server(tiny_export, max_request_mb=0.25, default_max_tokens=4)
+    try:
+        url = f"{running.base_url}/v1/chat/completions"
+        big = {"model": "libra", "messages": [_image_message(astronaut)]}  # a 512 x 512 photo: ~0.6 MB
+        payload = json.dumps(big).encode()
+        assert len(payload) > 2**18
+
+        def chunked(data: bytes):
+            for start in range(0, len(data), 2**14):
+                yield data[start : start + 2**14]
+
+        for content in (payload, chunked(payload)):
+            response = httpx.post(
+                url, content=content, headers={"content-type": "application/json"}, timeout=60
+            )
+            assert response.status_code == 413, response.text
+            error = response.json()["error"]
+            assert error["code"] == "request_too_large" and "serve.max_request_mb=0.25" in error["message"]
+        thumbnail = astronaut.resize((64, 64))
+        data = json.dumps({"model": "libra", "messages": [_image_message(thumbnail)]}).encode()
+        headers = {"content-type": "application/json"}
+        response = httpx.post(url, content=chunked(data), headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        question = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}
+        expected = _api_answer(running.engine, [question], [thumbnail], max_new_tokens=4)
+        assert response.json()["choices"][0]["message"]["content"] == expected.lstrip()
+    finally:
+        running.stop()
+
+
+def test_a_client_that_leaves_an_image_request_stops_its_decoding(
+    server, client, decoding_waits_for_a_cancel
+):
+    """An image request's rows are cancelled too when its client leaves: n x (tokens of an image) for
+    nobody would hold up the queue."""
+    before, failed = (server.engine.stats.snapshot()[k] for k in ("completion_tokens", "failed_batches"))
+    body = {"model": "libra", "prompt": "a red bus", "n": 10}
+    _post_and_leave(server, "/v1/images/generations", body, decoding_waits_for_a_cancel)
+    spent = _tokens_after_leaving(server, client, before)
+    full = 10 * (server.engine.processor.vocab.tokens_per_image - 1)
+    assert spent <= 10 * 5, f"{spent} of {full} tokens decoded for a client that left"
+    assert server.engine.stats.snapshot()["failed_batches"] == failed  # not an error: nobody to answer
 
 
 def test_api_key_and_local_paths_when_switched_on(tiny_export, tmp_path, astronaut):

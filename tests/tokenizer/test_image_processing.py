@@ -12,6 +12,7 @@ from skimage import data
 from libra.tokenizer.image_processing import (
     ImageError,
     ImagePreprocessor,
+    ImageTooLarge,
     _padding_values,
     _prefix,
     apply_exif_orientation,
@@ -82,6 +83,25 @@ def test_bad_images_raise_clear_errors(tmp_path):
         pre(tmp_path / "missing.png")
     with pytest.raises(ImageError, match=r"bad-tensor.*\(3, 56, 56\)"):
         pre.ensure_pixels(torch.zeros(3, 32, 32), key="bad-tensor")
+
+
+def test_an_encoded_image_above_the_pixel_limit_is_refused_before_decoding(tmp_path):
+    """The limit the data readers apply holds for every decoder of the toolkit (chat, server, demo,
+    processor): a header that claims too many pixels is refused, its pixel data never read."""
+    png = io.BytesIO()
+    Image.new("L", (10000, 10000)).save(png, format="PNG")
+    header_only = png.getvalue()[:200]  # decoding this would fail as truncated, not as too large
+    (tmp_path / "huge.png").write_bytes(header_only)
+    with pytest.raises(ImageTooLarge, match=r"huge.png.*100000000 pixels, above max_image_pixels=67108864"):
+        open_image(tmp_path / "huge.png")
+    with pytest.raises(ImageTooLarge, match="upload"):
+        ImagePreprocessor(size=56).to_uint8(header_only, key="upload")
+    small = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(small, format="PNG")
+    with pytest.raises(ImageTooLarge, match="256 pixels, above max_image_pixels=255"):
+        open_image(small.getvalue(), max_pixels=255)
+    assert open_image(small.getvalue(), max_pixels=256).size == (16, 16)
+    assert open_image(Image.new("RGB", (9000, 9000))).size == (9000, 9000)  # in memory already: taken
 
 
 # ---- the worker half (uint8) + the device half (normalize) against the float arithmetic ----------
