@@ -43,7 +43,11 @@ class LibraGenerateOutput(ModelOutput):
 def filter_scores(scores: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None):
     """Temperature, top-k and top-p (nucleus) on the last dim of scores of any shape; removed = -inf."""
     if temperature != 1.0:
-        scores = scores / temperature
+        # divided from the row's best score down: a tiny temperature (1e-40) sends the others to -inf
+        # instead of every positive score to +inf, so it approaches greedy instead of a uniform draw
+        # (a row forced to +inf by the official mode has no finite best and is divided as it is)
+        top = scores.amax(-1, keepdim=True)
+        scores = (scores - torch.where(torch.isfinite(top), top, 0.0)) / temperature
     if top_k is not None and top_k > 0:
         kth = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth, float("-inf"))
