@@ -383,14 +383,15 @@ class _Row:
             self._finish(self.text(), "length")
 
     def _held_back(self, text: str) -> int:
-        """Characters at the end of ``text`` not to send yet: the start of a stop string, or an
-        incomplete UTF-8 character (decoded as U+FFFD until its last byte arrives)."""
+        """Characters at the end of ``text`` not to send yet: the start of a stop string, an
+        incomplete UTF-8 character (decoded as U+FFFD until its last byte arrives), or whitespace,
+        which the answer keeps only if more text follows (as ``task=chat``, it ends stripped)."""
         hold = max(
             (n for s in self.request.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0
         )
         if text.endswith("\ufffd"):
             hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
-        return hold
+        return max(hold, len(text) - len(text.rstrip()))
 
     def _send(self, text: str) -> None:
         if text.startswith(self.sent) and len(text) > len(self.sent):
@@ -398,7 +399,7 @@ class _Row:
             self.sent = text
 
     def _finish(self, text: str, reason: Literal["stop", "length"]) -> None:
-        self._send(text)
+        self._send(text.rstrip())
         self.done = True
         self.request.send(Finished(reason, len(self.tokens)))
 
