@@ -342,7 +342,8 @@ class _Handlers:
                     400, f"{where}: expected a base64 data URL (data:image/png;base64,...)", param=where
                 )
             try:
-                source = base64.b64decode(payload, validate=True)
+                # MIME base64 (GNU base64's output) breaks its lines: whitespace is no error
+                source = base64.b64decode("".join(payload.split()), validate=True)
             except binascii.Error as err:
                 raise APIError(
                     400, f"{where}: the data URL is not valid base64 ({err})", param=where
@@ -385,6 +386,8 @@ class _Handlers:
         temperature = IMAGE_TEMPERATURE if body.temperature is None else body.temperature
         with _as_api_error():
             rows = self.engine.image_requests(body.prompt, body.n, Sampling(temperature, 1.0, body.seed))
+        # what the model reads: the prompt cleaned as the training captions were (lowercase, 64 words)
+        drawn = self.processor.collator.caption_cleaner(body.prompt)
         queues = self.engine.submit_group(rows)
         watcher = asyncio.create_task(_cancel_on_disconnect(http, rows))
         data = []
@@ -393,7 +396,7 @@ class _Handlers:
                 event = await events.get()
                 if isinstance(event, Failed):
                     raise APIError(500, event.message, type="server_error")
-                data.append(ImageData(b64_json=_png_base64(event.images[0])))
+                data.append(ImageData(b64_json=_png_base64(event.images[0]), revised_prompt=drawn))
         finally:
             watcher.cancel()
         return ImagesResponse(created=int(time.time()), data=data)

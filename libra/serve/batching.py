@@ -118,20 +118,23 @@ class ServerStats:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.batch_sizes: Counter[int] = Counter()
+        self.batch_sizes: Counter[int] = Counter()  # in rows: an image request of n images is n rows
+        self.requests = 0
         self.completion_tokens = 0
         self.failed_batches = 0
 
-    def record(self, size: int, tokens: int, failed: bool = False) -> None:
+    def record(self, batch: list[GenerationRequest], tokens: int, failed: bool = False) -> None:
         with self._lock:
-            self.batch_sizes[size] += 1
+            self.batch_sizes[len(batch)] += 1
+            self.requests += len({row.group for row in batch})
             self.completion_tokens += tokens
             self.failed_batches += int(failed)
 
     def snapshot(self) -> dict:
         with self._lock:
             return {
-                "requests": sum(size * n for size, n in self.batch_sizes.items()),
+                "requests": self.requests,
+                "rows": sum(size * n for size, n in self.batch_sizes.items()),
                 "batches": sum(self.batch_sizes.values()),
                 "batch_sizes": {str(size): n for size, n in sorted(self.batch_sizes.items())},
                 "max_batch_size": max(self.batch_sizes, default=0),
@@ -311,14 +314,14 @@ class BatchingEngine:
                 if not row.done:
                     row.done = True
                     row.request.send(Failed(message))
-            self.stats.record(len(batch), streamer.tokens, failed=True)
+            self.stats.record(batch, streamer.tokens, failed=True)
             return
-        self.stats.record(len(batch), streamer.tokens)
+        self.stats.record(batch, streamer.tokens)
         elapsed = time.perf_counter() - started
-        print(
-            f"[serve] batch of {len(batch)} request(s): {streamer.tokens} new tokens in {elapsed:.2f} s",
-            flush=True,
-        )
+        what = f"{len(batch)} request(s)"  # a batch holds one kind of row (`batch_key`)
+        if batch[0].kind == "image":
+            what = f"{len(batch)} image(s) of {len({r.group for r in batch})} request(s)"
+        print(f"[serve] batch of {what}: {streamer.tokens} new tokens in {elapsed:.2f} s", flush=True)
 
     def _finish_images(self, batch, ids, prompt_length: int, streamer: _BatchStreamer) -> None:
         if all(row.request.cancelled for row in streamer.rows):  # every client left: nobody to answer

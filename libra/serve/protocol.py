@@ -35,7 +35,9 @@ SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: "max_tokens": "5" or true and "stream": "yes" are 400s, as OpenAI answers them, not
+    # silently read as 5, 1 and true (an int is still a float: "temperature": 1)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 # ---- chat completions ------------------------------------------------------------------------------

@@ -91,8 +91,10 @@ def open_image(
         except Image.DecompressionBombError as err:  # above twice PIL's MAX_IMAGE_PIXELS (179 MP)
             raise ImageTooLarge(f"image {name!r} is too large to decode ({err}); downscale it") from err
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            # PIL's "cannot identify image file <_io.BytesIO object at 0x...>" says less than this
+            detail = "not a format Pillow reads" if isinstance(err, UnidentifiedImageError) else err
             raise ImageError(
-                f"image {name!r} is not a readable image ({err}); check the file or drop the sample"
+                f"image {name!r} is not a readable image ({detail}); check the file or drop the sample"
             ) from err
     if image.width == 0 or image.height == 0:
         raise ImageError(f"image {name!r} has size {image.width}x{image.height}; drop the sample")

@@ -75,6 +75,13 @@ def test_image_chat_from_a_data_url_answers_like_the_python_api(client, server, 
         [astronaut],
     )
     assert reply.choices[0].message.content == expected.strip() != ""
+    # the same image as MIME base64 (76-column lines, as GNU base64 prints it)
+    header, payload = data_url(astronaut).split(",")
+    wrapped = header + "," + "\n".join(payload[i : i + 76] for i in range(0, len(payload), 76))
+    message = _image_message(astronaut)
+    message["content"][0]["image_url"]["url"] = wrapped
+    again = client.chat.completions.create(model="libra", messages=[message], max_tokens=8)
+    assert again.choices[0].message.content == reply.choices[0].message.content
     assert reply.usage.prompt_tokens > server.engine.processor.vocab.tokens_per_image  # the image is in
 
 
@@ -177,9 +184,11 @@ def test_a_seed_makes_sampling_reproducible(client):
 
 
 def test_image_generation_returns_png_images(client, server):
-    result = client.images.generate(model="libra", prompt="a red circle", n=2, response_format="b64_json")
+    result = client.images.generate(model="libra", prompt="A  RED Circle", n=2, response_format="b64_json")
     images = [Image.open(io.BytesIO(base64.b64decode(d.b64_json))) for d in result.data]
     assert [(im.format, im.size) for im in images] == [("PNG", (56, 56))] * 2
+    # the prompt as the model read it: cleaned as its training captions were
+    assert [d.revised_prompt for d in result.data] == ["a red circle"] * 2
 
     greedy = client.images.generate(prompt="a red circle", extra_body={"temperature": 0})
     processor, model = server.engine.processor, server.engine.model
@@ -205,7 +214,8 @@ def test_a_seeded_image_request_draws_the_same_n_images_whatever_the_batch_size(
         from openai import OpenAI
 
         narrow = drawn(OpenAI(base_url=f"{running.base_url}/v1", api_key="unused", max_retries=0, timeout=60))
-        assert running.engine.stats.snapshot()["batch_sizes"] == {"4": 1}
+        stats = running.engine.stats.snapshot()
+        assert (stats["batch_sizes"], stats["requests"], stats["rows"]) == ({"4": 1}, 1, 4)
     finally:
         running.stop()
     assert len(set(wide)) == 4 and narrow == wide
@@ -321,6 +331,24 @@ BAD_INPUTS = {
         "model_not_found",
         "model",
     ),
+    "max_tokens as a string": (
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "5"},
+        400,
+        "int_type",
+        "max_tokens",
+    ),
+    "max_tokens as a boolean": (
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": True},
+        400,
+        "int_type",
+        "max_tokens",
+    ),
+    "stream as a string": (
+        {"messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+        400,
+        "bool_type",
+        "stream",
+    ),
     "missing messages": ({"messages": None}, 400, "missing", "messages"),
     "empty messages": ({"messages": []}, 400, "too_short", "messages"),
     "a system message": (
@@ -402,6 +430,7 @@ def test_bad_chat_input_gets_a_4xx_with_an_openai_error_body(server, astronaut, 
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["code"] == code
+    assert " object at 0x" not in error["message"]  # no Python object's repr
     ok = httpx.post(
         f"{server.base_url}/v1/chat/completions",
         json={"model": "libra", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
