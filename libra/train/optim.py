@@ -105,6 +105,18 @@ def warmup_steps_for(total_steps: int, warmup_steps: int | None, warmup_ratio: f
     return int(math.ceil(warmup_ratio * total_steps))
 
 
+def warmup_note(total_steps: int, warmup_steps: int | None) -> str | None:
+    """What to tell a run whose explicit warm-up outlasts it (a shortened run of an experiment): its
+    learning rate never reaches optimizer.lr, and a cosine schedule never decays."""
+    if warmup_steps is None or warmup_steps <= total_steps:
+        return None
+    return (
+        f"note: scheduler.warmup_steps={warmup_steps} is longer than trainer.max_steps={total_steps}: the "
+        f"learning rate ends at {total_steps / warmup_steps:.0%} of optimizer.lr and never decays "
+        f"(scheduler.warmup_steps=null warms up for scheduler.warmup_ratio of the run)"
+    )
+
+
 def cosine_schedule(
     optimizer: torch.optim.Optimizer,
     total_steps: int,

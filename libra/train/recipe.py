@@ -53,7 +53,7 @@ from .export import export_pretrained, export_requested
 from .guard import UpdateGate
 from .lora import Finetune
 from .models import check_model_matches_processor
-from .optim import freeze_language
+from .optim import freeze_language, warmup_note
 from .preemption import StopSignals, requeue_slurm_job, resume_setting
 from .progress import TrainProgress
 from .state import TrainState, seed_everything
@@ -175,6 +175,9 @@ def build_engine(cfg: DictConfig, model, run_dir: Path, rank: int, world_size: i
     t = cfg.trainer
     optimizer = instantiate(cfg.optimizer)(model)
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=t.max_steps)
+    note = warmup_note(t.max_steps, cfg.scheduler.get("warmup_steps"))
+    if rank == 0 and note:
+        print(f"[libra] {note}", flush=True)
     ds_config = deepspeed_config(
         instantiate(cfg.deepspeed),
         t.global_batch_size,

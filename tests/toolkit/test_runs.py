@@ -233,3 +233,6 @@ def test_training_prints_one_line_per_log_step_and_no_bar_into_a_log(tmp_path, c
     logged = [r for r in tracking.read_metrics(run_dir / "metrics.jsonl") if "train/loss" in r]
     assert [m.group(2) for m in lines] == [f"{r['train/loss']:.4f}" for r in logged]  # the logged numbers
     assert "train:" not in result.stderr and "\r" not in result.stderr  # no tqdm bar off a terminal
+    # the tiny experiment's 10-step warm-up outlasts these 3 steps: said once, at the start
+    note = "[libra] note: scheduler.warmup_steps=10 is longer than trainer.max_steps=3: the learning rate"
+    assert result.stdout.count(note) == 1 and "ends at 30% of optimizer.lr" in result.stdout

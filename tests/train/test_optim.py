@@ -14,6 +14,7 @@ from libra.train.optim import (
     cosine_schedule,
     freeze_language,
     param_groups,
+    warmup_note,
 )
 
 
@@ -118,3 +119,11 @@ def test_constant_schedule_and_warmup_ratio():
         optimizer.step()
         schedule.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+
+
+def test_a_warm_up_longer_than_the_run_is_noted():
+    assert warmup_note(total_steps=400, warmup_steps=10) is None
+    assert warmup_note(total_steps=10, warmup_steps=10) is None  # peaks at the last step
+    assert warmup_note(total_steps=100, warmup_steps=None) is None  # a ratio of the run fits it
+    note = warmup_note(total_steps=1, warmup_steps=10)
+    assert "scheduler.warmup_steps=10 is longer than trainer.max_steps=1" in note and "ends at 10%" in note
