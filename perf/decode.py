@@ -4,6 +4,7 @@
     python perf/decode.py --device cuda     # GPU: full 11B dimensions (LLaMA-2-7B + expert, 32 layers), bf16
     python perf/decode.py --variants ours,llama --repeats 1   # quick look, no compilation
     python perf/decode.py --dims tiny --json out.json         # seconds: does it run
+    python perf/decode.py --variants ours,llama --operators   # + operators per decoding step (exact)
 
 Prompt: bos + one image (578 tokens) + newline + 30 text tokens = 610 positions, at batch 1 and 8;
 64 new text tokens, greedy, KV cache. Variants:
@@ -19,6 +20,8 @@ counted. Each variant is warmed up with a full generate (compilation happens the
 the rounds and ratios to LLaMA are formed round by round (perf/timing.py). The KV cache figure is the
 bytes Libra's cache holds after a generate against a LLaMA cache of the same positions. Weights are
 random (seeded): speed does not depend on them, and eos is disabled so every run decodes all 64 tokens.
+`--operators` also counts the operators (torch.profiler events) of one eager decoding step: the host's
+work per step, which bounds small-batch decoding, and a figure that does not move with the machine's load.
 """
 
 import argparse
@@ -105,6 +108,20 @@ def runners(name: str, model, prompt: dict):
 
 
 @torch.no_grad()
+def operators_per_step(generate) -> float:
+    """Profiler events of one decoding step: those of a 9-token generate less those of a 1-token one
+    (the prompt's forward and the loop's setup), over the 8 steps between them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def events(n: int) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(n)
+        return sum(e.count for e in prof.key_averages())
+
+    return (events(9) - events(1)) / 8
+
+
+@torch.no_grad()
 def cache_bytes(name: str, model, prompt: dict) -> dict | None:
     """Bytes of Libra's KV cache after a full generate, and of a LLaMA cache over the same positions."""
     if name not in LIBRA_VARIANTS:
@@ -134,6 +151,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds; figures are median [range] over them")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--operators", action="store_true", help="count the operators of a decoding step")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -170,6 +188,9 @@ def main() -> None:
                 full = time_calls(lambda: generate(NEW_TOKENS), 1, sync).median  # noqa: B023
                 rounds[name, b]["decode_tokens_per_s"].append(b * (NEW_TOKENS - 1) / (full - one))
         caches = {(name, b): cache_bytes(name, models["ours"], prompts[b]) for name, b in run}
+        operators = {}
+        if args.operators:  # eager variants only: a compiled step's work is not in aten operators
+            operators = {key: operators_per_step(run[key][1]) for key in run if key[0] in ("ours", "llama")}
 
     print(f"\n{args.repeats} rounds; median [min - max]")
     print(f"{'variant':<15}{'batch':>6}{'prefill s':>26}{'decode tokens/s':>28}{'KV cache vs llama':>19}")
@@ -184,6 +205,8 @@ def main() -> None:
             "decode_tokens_per_s": speed.as_dict(),
             "kv_cache": cache,
         }
+        if (name, b) in operators:
+            results[f"{name}/batch{b}"]["operators_per_step"] = operators[name, b]
         shown = f"x{cache['ratio']:.2f}" if cache else ""
         print(f"{name:<15}{b:>6}{prefill.format():>26}{speed.format(1):>28}{shown:>19}")
     if "llama" in variants:
@@ -203,6 +226,8 @@ def main() -> None:
                     f"batch {b}: {name} / llama decode tokens/s x{speed.format(2)}, "
                     f"prefill time x{prefill.format(2)}"
                 )
+    for (name, b), count in operators.items():
+        print(f"batch {b}: {name} runs {count:.0f} operators per decoding step")
     if args.json:
         record = {"device": str(device), "dtype": dtype_name, "threads": args.threads, "dims": dims}
         record.update(repeats=args.repeats, new_tokens=NEW_TOKENS, results=results)

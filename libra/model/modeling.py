@@ -145,11 +145,14 @@ class Routing:
     def from_vision_mask(cls, vision_mask: torch.Tensor, n_vision: int | None = None) -> "Routing":
         """`n_vision` (number of image slots) may be given when the caller already read it from the device."""
         flat = vision_mask.reshape(-1)
+        n_vision = int(flat.sum().item()) if n_vision is None else n_vision
+        if n_vision in (0, flat.numel()):  # one modality (a decoding step of text): sequence order
+            perm = torch.arange(flat.numel(), device=flat.device)
+            return cls(perm=perm, inverse=perm, n_text=flat.numel() - n_vision, vision_mask=vision_mask)
         # a stable sort keeps sequence order inside each modality
         perm = torch.sort(flat.to(torch.int8), stable=True).indices
         inverse = torch.empty_like(perm)
         inverse[perm] = torch.arange(perm.numel(), device=perm.device)
-        n_vision = int(flat.sum().item()) if n_vision is None else n_vision
         return cls(perm=perm, inverse=inverse, n_text=flat.numel() - n_vision, vision_mask=vision_mask)
 
     @property
