@@ -226,25 +226,20 @@ class _Handlers:
             include_usage = body.stream_options is not None and body.stream_options.include_usage
             chunks = self._stream(events, request, reply_id, created, include_usage)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        text = []
         # (a streaming response notices a disconnect itself; a plain handler is not told: watch)
         watcher = asyncio.create_task(_cancel_on_disconnect(http, [request]))
         try:
-            while True:
-                event = await events.get()
-                if isinstance(event, Delta):
-                    text.append(event.text)
-                elif isinstance(event, Failed):
-                    raise APIError(500, event.message, type="server_error")
-                else:
-                    break
+            while isinstance(event := await events.get(), Delta):
+                pass  # the answer comes whole with Finished
+            if isinstance(event, Failed):
+                raise APIError(500, event.message, type="server_error")
         finally:
             watcher.cancel()
         return ChatCompletion(
             id=reply_id,
             created=created,
             model=self.settings.model_name,
-            choices=[Choice(message=AssistantMessage(content="".join(text)), finish_reason=event.reason)],
+            choices=[Choice(message=AssistantMessage(content=event.text), finish_reason=event.reason)],
             usage=_usage(request, event),
         )
 

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from libra.tokenizer.processor import LibraProcessor
 from libra.tokenizer.samples import CaptionSample, PromptSample
 
 _STOP = object()  # tells the worker to exit
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # sentencepiece's byte fallback
 _request_ids = itertools.count()
 
 
@@ -61,6 +63,7 @@ class Finished:
     reason: Literal["stop", "length"]
     completion_tokens: int
     images: list[Image.Image] = field(default_factory=list)
+    text: str = ""  # a text request's whole answer: what its deltas add up to
 
 
 @dataclass(frozen=True)
@@ -351,6 +354,9 @@ class _Row:
         self.tokens: list[torch.Tensor] = []  # (K,) per step
         self.sent = ""  # text already sent
         self.done = False
+        # trailing byte pieces (<0x8B>): the tokenizer decodes a run of them as UTF-8 once it ends, and
+        # a later byte can turn characters of the run that read fine so far into U+FFFD
+        self.byte_run = 0
 
     def add(self, column: torch.Tensor) -> None:
         if self.done:
@@ -361,23 +367,28 @@ class _Row:
         self.tokens.append(column)
         if self.request.kind == "image":
             return  # images are decoded whole when the batch ends
-        eos = int(column[0]) == self.processor.text_tokenizer.eos_token_id
+        tokenizer = self.processor.text_tokenizer
+        eos = int(column[0]) == tokenizer.eos_token_id
+        piece = tokenizer.convert_ids_to_tokens(int(column[0]))  # None for an image code
+        self.byte_run = self.byte_run + 1 if piece is not None and _BYTE_PIECE.fullmatch(piece) else 0
         text = self.text()
         cut = min((i for i in (text.find(s) for s in self.request.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self._finish(text[:cut], "stop")
+        if cut >= 0:  # the text before the stop string, exactly (OpenAI's rule)
+            self._finish(text[:cut], "stop", strip=False)
         elif eos:
             self._finish(text, "stop")
         elif len(self.tokens) >= self.request.max_tokens:
             self._finish(text, "length")
-        else:
-            self._send(text[: len(text) - self._held_back(text)])
+        else:  # what can no longer change: the text before a run of byte pieces
+            settled = self.text(len(self.tokens) - self.byte_run) if self.byte_run else text
+            self._send(settled[: len(settled) - self._held_back(settled)])
 
-    def text(self) -> str:
-        """The answer so far: the new tokens as text, image spans dropped, leading space stripped."""
-        if not self.tokens:
+    def text(self, count: int | None = None) -> str:
+        """The answer so far (its first ``count`` tokens): image spans dropped, leading space stripped."""
+        tokens = self.tokens[:count]
+        if not tokens:
             return ""
-        ids = torch.stack(self.tokens, dim=1)[:, None]  # (K, 1, t)
+        ids = torch.stack(tokens, dim=1)[:, None]  # (K, 1, t)
         return self.processor.batch_decode(ids, skip_special_tokens=True)[0].lstrip()
 
     def close(self) -> None:
@@ -388,7 +399,8 @@ class _Row:
     def _held_back(self, text: str) -> int:
         """Characters at the end of ``text`` not to send yet: the start of a stop string, an
         incomplete UTF-8 character (decoded as U+FFFD until its last byte arrives), or whitespace,
-        which the answer keeps only if more text follows (as ``task=chat``, it ends stripped)."""
+        which the answer keeps only if text or a stop string follows (else it ends stripped, as
+        ``task=chat``'s answers do)."""
         hold = max(
             (n for s in self.request.stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0
         )
@@ -401,10 +413,11 @@ class _Row:
             self.request.send(Delta(text[len(self.sent) :]))
             self.sent = text
 
-    def _finish(self, text: str, reason: Literal["stop", "length"]) -> None:
-        self._send(text.rstrip())
+    def _finish(self, text: str, reason: Literal["stop", "length"], strip: bool = True) -> None:
+        text = text.rstrip() if strip else text
+        self._send(text)
         self.done = True
-        self.request.send(Finished(reason, len(self.tokens)))
+        self.request.send(Finished(reason, len(self.tokens), text=text))
 
 
 class _BatchStreamer:

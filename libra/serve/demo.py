@@ -78,6 +78,8 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
                 if isinstance(event, Failed):
                     raise gr.Error(event.message)
                 if not isinstance(event, Delta):
+                    answer = event.text  # the whole answer, as the deltas have it
+                    history[-1] = {"role": "assistant", "content": answer}
                     break
                 answer += event.text
                 history[-1] = {"role": "assistant", "content": answer}

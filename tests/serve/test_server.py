@@ -121,33 +121,58 @@ def test_streaming_sends_the_same_answer_in_openai_chunks(client, server, astron
 class _PieceProcessor:
     """Stands in for the processor of a served row: token i decodes to PIECES[i], 0 is eos."""
 
-    PIECES = {1: " a", 2: " small", 3: " ", 4: "\n", 5: " square"}
-    text_tokenizer = type("Tokenizer", (), {"eos_token_id": 0})
+    PIECES = {1: " a", 2: " small", 3: " ", 4: "\n", 5: " square", 6: "<0x0F>", 7: "<0x7E>", 8: "<0x8B>"}
+
+    class text_tokenizer:  # noqa: N801 (the processor's attribute)
+        eos_token_id = 0
+
+        @staticmethod
+        def convert_ids_to_tokens(i):
+            return _PieceProcessor.PIECES.get(i)
 
     def batch_decode(self, ids, skip_special_tokens):
-        return ["".join(self.PIECES.get(int(i), "") for i in ids[0, 0])]
+        """As sentencepiece: a run of byte pieces is decoded as UTF-8 once, each byte of an invalid
+        run becoming U+FFFD (so a later byte can change the characters before it)."""
+        text, run = "", b""
+        for piece in [self.PIECES.get(int(i), "") for i in ids[0, 0]] + [""]:
+            if piece.startswith("<0x"):
+                run += bytes([int(piece[3:5], 16)])
+                continue
+            if run:
+                try:
+                    text += run.decode()
+                except UnicodeDecodeError:
+                    text += "\ufffd" * len(run)
+                run = b""
+            text += piece
+        return [text]
 
 
 @pytest.mark.parametrize(
-    "tokens, max_tokens, answer",
+    "tokens, max_tokens, stop, answer",
     [
-        ([1, 2, 3], 3, "a small"),  # ends on whitespace: stripped, as task=chat strips
-        ([1, 2, 3, 4, 0], 9, "a small"),  # whitespace, then eos
-        ([1, 2, 3, 5], 4, "a small  square"),  # whitespace inside is sent once text follows
+        ([1, 2, 3], 3, (), "a small"),  # ends on whitespace: stripped, as task=chat strips
+        ([1, 2, 3, 4, 0], 9, (), "a small"),  # whitespace, then eos
+        ([1, 2, 3, 5], 4, (), "a small  square"),  # whitespace inside is sent once text follows
+        ([1, 2, 3, 5], 9, ("square",), "a small  "),  # a stop string: exactly the text before it
+        # "\x0f~" reads fine until 0x8B ends the byte run as invalid UTF-8: held back, never retracted
+        ([1, 6, 7, 8, 5], 5, (), "a\ufffd\ufffd\ufffd square"),
     ],
 )
-def test_an_answer_streams_without_its_trailing_whitespace(tokens, max_tokens, answer):
+def test_an_answer_streams_whole_without_its_trailing_whitespace(tokens, max_tokens, stop, answer):
     from libra.serve.batching import Delta, Finished, GenerationRequest, Sampling, _Row
 
-    request = GenerationRequest(sample=None, prompt_tokens=0, max_tokens=max_tokens, sampling=Sampling())
+    request = GenerationRequest(
+        sample=None, prompt_tokens=0, max_tokens=max_tokens, sampling=Sampling(), stop=stop
+    )
     events = []
     request.send = events.append
     row = _Row(request, _PieceProcessor())
     for token in tokens:
         row.add(torch.tensor([token, token]))
-    assert isinstance(events[-1], Finished) and row.done
+    assert isinstance(events[-1], Finished) and row.done and events[-1].text == answer
     deltas = [e.text for e in events if isinstance(e, Delta)]
-    assert "".join(deltas) == answer and not any(d.isspace() for d in deltas)
+    assert "".join(deltas) == answer and (stop or not any(d.isspace() for d in deltas))
 
 
 def test_stop_strings_cut_the_answer_in_both_modes(client):
