@@ -98,10 +98,11 @@ class Range:
     high_open: bool = False
 
     def describe(self) -> str:
+        low = _bound(self.low)
         if self.high is None:
-            return f"> {self.low:g}" if self.low_open else f">= {self.low:g}"
+            return f"> {low}" if self.low_open else f">= {low}"
         left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
+        return f"in {left}{low}, {_bound(self.high)}{right}"
 
     def contains(self, value: float) -> bool:
         above = value > self.low if self.low_open else value >= self.low
@@ -117,12 +118,19 @@ class Range:
         return f"{key}=<value {self.describe()}>"
 
 
+def _bound(value: float) -> str:
+    """An interval's end as written: an integer whole (2**63 is not 9.22337e+18), a float short."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
 POSITIVE = Range(0, low_open=True)
 NON_NEGATIVE = Range(0)  # 0 allowed, e.g. an interval of 0 = never
 PROBABILITY = Range(0, 1)
 # [0, 1): an Adam moment decay (1 would never forget), a dropout rate (1 would drop everything)
 BELOW_ONE = Range(0, 1, high_open=True)
 PORT = Range(1, 65535)
+# torch.Generator.manual_seed's range: a seed outside it fails once the model is loaded
+SEEDS = Range(-(2**63), 2**64 - 1)
 
 # The modules finetune=lora can adapt, by their names in the model (libra/model/modeling.py); written
 # here so that finetune.target_modules is checked before launch, and read by libra/train/lora.py.
@@ -202,6 +210,7 @@ RANGES: dict[str, Range] = {
     ),
     # a TCP port; a larger number fails only when the server or the rendezvous binds it
     **dict.fromkeys(("serve.port", "cluster.master_port"), PORT),
+    "seed": SEEDS,
     **dict.fromkeys(
         (
             "temperature",
@@ -734,10 +743,8 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
         problems.append(
             Problem("prompt", f"task={cfg.task} needs a prompt", 'prompt="What is in the image?"')
         )
-    if cfg.task == "chat" and cfg.image is not None and not os.path.isfile(os.path.expanduser(cfg.image)):
-        problems.append(
-            Problem("image", f"{cfg.image!r} is not a file", "image=<path of an image>  (or image=null)")
-        )
+    if cfg.task == "chat" and cfg.image is not None:
+        problems.extend(_image_problems(cfg.image))
     if cfg.task == "generate" and cfg.image is not None:
         problems.append(
             Problem("image", "task=generate makes images from text; it takes no input image", "image=null")
@@ -745,6 +752,24 @@ def _rule_task_inputs(cfg: DictConfig) -> list[Problem]:
     if cfg.resume not in (None, "auto") and not os.path.isdir(os.path.expanduser(cfg.resume)):
         problems.append(Problem("resume", f"{cfg.resume!r} is neither auto nor a run dir", "resume=auto"))
     return problems
+
+
+def _image_problems(image: str) -> list[Problem]:
+    """`image=` of task=chat must be an image file that can be decoded: its header is read here, so
+    that a text file or a decompression bomb is refused before the model loads."""
+    from libra.tokenizer.image_processing import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, open_header
+
+    fix = "image=<path of a JPEG, PNG or WebP image>  (or image=null)"
+    if not os.path.isfile(os.path.expanduser(image)):
+        return [Problem("image", f"{image!r} is not a file", fix)]
+    try:
+        with open_header(os.path.expanduser(image), DEFAULT_MAX_IMAGE_PIXELS):
+            pass
+    except ImageTooLarge as err:
+        return [Problem("image", f"{image!r} is too large: {err}", "downscale it, or " + fix)]
+    except (OSError, SyntaxError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+        return [Problem("image", f"{image!r} is not an image Pillow can read", fix)]
+    return []
 
 
 def _rule_precision(cfg: DictConfig) -> list[Problem]:

@@ -15,9 +15,11 @@ import os
 from omegaconf import DictConfig
 
 from libra.pretrained import default_device, load_pretrained
-from libra.tokenizer.image_processing import ImageError, open_image
+from libra.tokenizer.image_processing import ImageError, ImageTooLarge, open_image
 
 from .batching import BatchingEngine, Delta, Failed, RequestError, Sampling
+from .protocol import SEED_MAX, SEED_MIN
+from .server import check_port_free
 
 IMAGE_TEMPERATURE = 1.0  # the text-to-image tab's default: greedy decoding would draw one image per prompt
 
@@ -25,6 +27,7 @@ IMAGE_TEMPERATURE = 1.0  # the text-to-image tab's default: greedy decoding woul
 def demo(cfg: DictConfig) -> None:
     """Load ``cfg.checkpoint`` and serve the app on ``cfg.serve.host:cfg.serve.port`` until interrupted."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
+    check_port_free(cfg.serve.host, cfg.serve.port)  # before the model loads, not after
     device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
     engine = BatchingEngine(model, processor, cfg.serve.max_batch_size, cfg.serve.batch_window_ms / 1000)
@@ -50,6 +53,8 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
         name = payload.orig_name or "the upload"
         try:
             return open_image(payload.path, key=name)
+        except ImageTooLarge as err:  # its size and the fix
+            raise gr.Error(str(err)) from err
         except ImageError as err:  # its message names the server's temporary copy: not for the page
             raise gr.Error(
                 f"{name!r} is not an image the demo can read (not an image file, damaged, or too "
@@ -66,6 +71,11 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
         try:
             request = engine.chat_request(messages, turn_images, Sampling(temperature), None, max_new_tokens)
         except RequestError as err:
+            if err.code == "context_length_exceeded":  # the API's advice (lower max_tokens) is not ours
+                raise gr.Error(
+                    f"The conversation no longer fits the model's context of {engine.context_length} "
+                    "tokens: press New conversation to start again."
+                ) from err
             raise gr.Error(str(err)) from err
         shown = ("[image] " if image is not None else "") + question
         history = history + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
@@ -94,7 +104,10 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
     async def draw(prompt: str, temperature: float, seed: float):
         if not prompt.strip():
             raise gr.Error("Describe the image to draw.")
-        sampling = Sampling(temperature, 1.0, int(seed or 0))
+        seed = int(seed or 0)
+        if not SEED_MIN <= seed <= SEED_MAX:  # torch's range; outside it the batch would fail
+            raise gr.Error(f"Seed: an integer from {SEED_MIN} to {SEED_MAX}.")
+        sampling = Sampling(temperature, 1.0, seed)
         try:
             (request,) = engine.image_requests(prompt, 1, sampling)
         except RequestError as err:
@@ -118,8 +131,10 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
                 send = gr.Button("Send", variant="primary", elem_id="send")
                 clear = gr.Button("New conversation", elem_id="clear")
             outputs = [chatbot, question, image, turns, images]
+            # concurrency_limit=None: Gradio runs one event at a time by default, and the engine can only
+            # batch the questions of people using the page together if they reach it together
             answers = [
-                trigger(respond, [question, image, chatbot, turns, images], outputs)
+                trigger(respond, [question, image, chatbot, turns, images], outputs, concurrency_limit=None)
                 for trigger in (send.click, question.submit)
             ]
             # the chatbot's own trash button empties the chat on the page; the conversation kept in the
@@ -135,6 +150,8 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
                 )
                 seed = gr.Number(value=0, precision=0, label="Seed")
             button = gr.Button("Draw", variant="primary", elem_id="draw")
-            drawn = gr.Image(type="pil", label="Image", elem_id="t2i-image", interactive=False)
-            button.click(draw, [prompt, draw_temperature, seed], drawn)
+            # PNG: Gradio's default WebP is lossy, and the image would differ from task=generate's
+            drawn = gr.Image(type="pil", format="png", label="Image", elem_id="t2i-image", interactive=False)
+            for trigger in (button.click, prompt.submit):
+                trigger(draw, [prompt, draw_temperature, seed], drawn, concurrency_limit=None)
     return app

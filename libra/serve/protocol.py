@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
+from libra.validation import SEEDS
+
 
 class APIError(Exception):
     """An error answered with OpenAI's envelope and ``status``."""
@@ -30,8 +32,8 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-# torch.Generator.manual_seed's range: a seed outside it must be a 400, not a failed batch
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+# a seed outside torch's range must be a 400, not a failed batch
+SEED_MIN, SEED_MAX = SEEDS.low, SEEDS.high
 
 
 class _Request(BaseModel):

@@ -9,6 +9,7 @@ load without the serving extras.
 from __future__ import annotations
 
 import os
+import socket
 
 from omegaconf import DictConfig
 
@@ -26,6 +27,7 @@ def serve(cfg: DictConfig) -> None:
     from .app import ServeSettings, build_app
 
     options = cfg.serve
+    check_port_free(options.host, options.port)  # before the model loads, not after
     device = default_device()
     model, processor = load_pretrained(cfg.checkpoint, device)
     settings = ServeSettings(
@@ -46,3 +48,16 @@ def serve(cfg: DictConfig) -> None:
         flush=True,
     )
     uvicorn.run(app, host=options.host, port=options.port, log_level="info")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise, naming serve.port, when ``host:port`` cannot be bound (another server holds it)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn and Gradio bind
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise OSError(
+                f"serve.port={port}: {host}:{port} cannot be served ({err.strerror}); another server may "
+                f"hold it. Pick another port, e.g. serve.port={port + 1}"
+            ) from err

@@ -4,6 +4,7 @@ saved in the test's tmp dir. The app's components and handlers are also checked 
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -124,6 +125,52 @@ def test_demo_reset_stops_the_answer_streaming_in(tiny_export, monkeypatch):
     finally:
         engine.stop()
     assert len(submitted) == 1 and submitted[0].cancelled
+
+
+def test_demo_questions_and_drawings_of_several_people_reach_the_engine_together(tiny_export):
+    """Gradio runs one event at a time unless told otherwise: the engine could batch nothing."""
+    app, _ = _demo_app(tiny_export)
+    names = {d["id"]: getattr(app.fns[d["id"]].fn, "__name__", "") for d in app.config["dependencies"]}
+    decoding = [i for i, name in names.items() if name in ("respond", "draw")]
+    assert sorted(names[i] for i in decoding) == ["draw", "draw", "respond", "respond"]  # click + Enter
+    assert all(app.fns[i].concurrency_limit is None for i in decoding)
+    assert _component(app, "t2i-image").format == "png"  # not Gradio's lossy WebP
+
+
+def test_demo_refuses_what_it_cannot_draw_or_answer_with_advice_for_the_page(tiny_export, tmp_path):
+    import asyncio
+
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    app, engine = _demo_app(tiny_export)
+    names = {getattr(app.fns[d["id"]].fn, "__name__", ""): d["id"] for d in app.config["dependencies"]}
+    with pytest.raises(gr.Error, match="Seed: an integer from -9223372036854775808"):
+        asyncio.run(app.fns[names["draw"]].fn("a red bus", 1.0, 2**70))
+    long_question = " ".join(["circle"] * engine.context_length)
+    with pytest.raises(gr.Error, match="no longer fits the model's context of .* press New conversation"):
+        asyncio.run(anext(app.fns[names["respond"]].fn(long_question, None, [], [], [])))
+    png = io.BytesIO()
+    Image.new("L", (10000, 10000)).save(png, format="PNG")
+    (tmp_path / "huge.png").write_bytes(png.getvalue()[:200])  # the header alone claims 10000 x 10000
+    with pytest.raises(gr.Error, match="'huge.png' is too large: 10000x10000"):
+        _component(app, "chat-image").preprocess(
+            ImageData(path=str(tmp_path / "huge.png"), orig_name="huge.png")
+        )
+
+
+def test_serving_on_a_port_in_use_fails_before_the_model_loads_naming_serve_port():
+    import socket
+
+    from libra.serve.server import check_port_free
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(OSError, match=f"serve.port={port}: 127.0.0.1:{port} cannot be served"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again
 
 
 def _words(text: str) -> str:

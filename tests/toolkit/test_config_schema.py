@@ -21,6 +21,7 @@ from libra.validation import (
     POSITIVE,
     PROBABILITY,
     RANGES,
+    SEEDS,
     TYPES,
     ConfigError,
     validate,
@@ -43,7 +44,14 @@ CONTEXT = {
     "finetune.alpha": ["finetune=lora"],
     "finetune.dropout": ["finetune=lora"],
 }
-BAD_VALUE = {POSITIVE: "0", NON_NEGATIVE: "-1", PROBABILITY: "1.5", BELOW_ONE: "1.0", PORT: "65536"}
+BAD_VALUE = {
+    POSITIVE: "0",
+    NON_NEGATIVE: "-1",
+    PROBABILITY: "1.5",
+    BELOW_ONE: "1.0",
+    PORT: "65536",
+    SEEDS: "18446744073709551616",
+}
 BAD_VALUE_OF_KEY = {"optimizer.betas": "[0.9,1.0]"}  # a list: each value is checked
 
 

@@ -1,9 +1,11 @@
 """libra.validation rules on hand-made configs: each problem names the key and the fixing override."""
 
 import copy
+import io
 
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from libra.validation import ConfigError, validate
 
@@ -108,12 +110,32 @@ def test_inference_tasks_need_checkpoint_and_prompt(tmp_path, data_dir):
 def test_a_chat_image_under_home_is_found_with_a_tilde(tmp_path, data_dir, monkeypatch):
     folder = str(_checkpoint(tmp_path, data_dir))
     (tmp_path / "home").mkdir()
-    (tmp_path / "home" / "cat.png").write_bytes(b"any bytes: only the path is checked here")
+    Image.new("RGB", (8, 8)).save(tmp_path / "home" / "cat.png")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     validate(_cfg(task="chat", checkpoint=folder, prompt="hi", image="~/cat.png"))
     assert "image: '~/dog.png' is not a file" in _problems(
         _cfg(task="chat", checkpoint=folder, prompt="hi", image="~/dog.png")
     )
+
+
+def test_a_chat_image_that_cannot_be_decoded_is_refused_before_the_model_loads(tmp_path, data_dir):
+    folder = str(_checkpoint(tmp_path, data_dir))
+    (tmp_path / "notes.txt").write_text("not a picture")
+    huge = io.BytesIO()
+    Image.new("L", (10000, 10000)).save(huge, format="PNG")
+    (tmp_path / "huge.png").write_bytes(huge.getvalue()[:200])  # the header: 10000 x 10000 pixels
+    chat = {"task": "chat", "checkpoint": folder, "prompt": "hi"}
+    notes = _problems(_cfg(**chat, image=str(tmp_path / "notes.txt")))
+    assert "notes.txt' is not an image Pillow can read" in notes and "fix: image=<path of a JPEG" in notes
+    huge_problem = _problems(_cfg(**chat, image=str(tmp_path / "huge.png")))
+    assert "huge.png' is too large" in huge_problem and "100000000 pixels" in huge_problem
+
+
+def test_a_seed_outside_torch_range_is_refused():
+    assert "seed: 18446744073709551616 must be in [-9223372036854775808, 18446744073709551615]" in (
+        _problems(_cfg(seed=2**64))
+    )
+    validate(_cfg(seed=2**64 - 1))
 
 
 def test_resume_is_auto_or_a_run_dir(tmp_path):
