@@ -63,20 +63,28 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
 
     async def respond(question: str, image, history: list, turns: list, images: list):
         """Stream the answer to ``question`` (about ``image``, if any) after the earlier ``turns``."""
+        unchanged = (history, question, image, turns, images)
+        # a refusal is a warning that leaves the page as it was: a gr.Error raised here covers the
+        # chat, the image and the question box with "Error" badges, and the box can't be typed into
         if not question.strip() and image is None:
-            raise gr.Error("Type a question (and upload an image, if it is about one).")
+            gr.Warning("Type a question (and upload an image, if it is about one).")
+            yield unchanged
+            return
         parts = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
         turn_images = images + ([image] if image is not None else [])
         messages = turns + [{"role": "user", "content": parts}]
         try:
             request = engine.chat_request(messages, turn_images, Sampling(temperature), None, max_new_tokens)
         except RequestError as err:
+            message = str(err)
             if err.code == "context_length_exceeded":  # the API's advice (lower max_tokens) is not ours
-                raise gr.Error(
+                message = (
                     f"The conversation no longer fits the model's context of {engine.context_length} "
                     "tokens: press New conversation to start again."
-                ) from err
-            raise gr.Error(str(err)) from err
+                )
+            gr.Warning(message)
+            yield unchanged
+            return
         shown = ("[image] " if image is not None else "") + question
         history = history + [{"role": "user", "content": shown}, {"role": "assistant", "content": ""}]
         yield history, "", None, turns, images

@@ -147,9 +147,18 @@ def test_demo_refuses_what_it_cannot_draw_or_answer_with_advice_for_the_page(tin
     names = {getattr(app.fns[d["id"]].fn, "__name__", ""): d["id"] for d in app.config["dependencies"]}
     with pytest.raises(gr.Error, match="Seed: an integer from -9223372036854775808"):
         asyncio.run(app.fns[names["draw"]].fn("a red bus", 1.0, 2**70))
+    # a question it cannot take is a warning, and the page stays as it was (a gr.Error would cover the
+    # chat, the image and the question box with "Error" badges)
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    turns = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, history[1]]
     long_question = " ".join(["circle"] * engine.context_length)
-    with pytest.raises(gr.Error, match="no longer fits the model's context of .* press New conversation"):
-        asyncio.run(anext(app.fns[names["respond"]].fn(long_question, None, [], [], [])))
+    for question, said in [
+        (long_question, "no longer fits the model's context of .* press New"),
+        ("", "Type"),
+    ]:
+        with pytest.warns(UserWarning, match=said):
+            shown = asyncio.run(anext(app.fns[names["respond"]].fn(question, None, history, turns, [])))
+        assert shown == (history, question, None, turns, [])
     png = io.BytesIO()
     Image.new("L", (10000, 10000)).save(png, format="PNG")
     (tmp_path / "huge.png").write_bytes(png.getvalue()[:200])  # the header alone claims 10000 x 10000
@@ -225,6 +234,13 @@ def test_demo_page_answers_an_uploaded_image_and_draws(tiny_export, tmp_path):
             page.screenshot(path=str(tmp_path / "demo_chat.png"), full_page=True)
             assert shown == expected, f"page shows {shown!r}, the Python API answers {expected!r}"
             assert _words(page.locator("#chat [data-testid=user]").last.inner_text()) == f"[image] {QUESTION}"
+            # Send with nothing typed: a warning, and the page as it was (no "Error" badge over the
+            # chat and the question box, which then could not be typed into)
+            page.locator("#send").click()
+            page.get_by_text("Type a question").wait_for(timeout=30_000)
+            assert page.get_by_text("Error", exact=True).count() == 0
+            assert _words(page.locator("#chat [data-testid=bot]").last.inner_text()) == expected
+            page.locator("#question textarea").click(timeout=5_000)
 
             page.get_by_role("tab", name="Text to image").click()
             page.locator("#t2i-prompt textarea").fill("a red circle")
