@@ -262,6 +262,13 @@ def read_training_record(path: str | Path | ResolvedCheckpoint) -> dict | None:
         ) from None
 
 
+# what task=generate and the demo say of a checkpoint for which `trained_for_text_to_image` is False
+NOT_TRAINED_TO_DRAW = (
+    "was not trained for text-to-image: no training sample of it (or of the checkpoints it started "
+    "from) asked for an image from a caption, so its images will not follow the prompt"
+)
+
+
 def trained_for_text_to_image(record: dict | None) -> bool | None:
     """Whether any text-to-image sample trained the weights a record describes, through the chain of
     `model.init_from` bases: True / False, or None when some base is not ours to know (no record)."""

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from libra.pretrained import (
+    NOT_TRAINED_TO_DRAW,
     default_device,
     load_pretrained,
     read_training_record,
@@ -40,10 +41,8 @@ def generate_images(cfg: DictConfig) -> list[Path]:
     trained = trained_for_text_to_image(read_training_record(resolved))
     if trained is False:
         print(
-            f"[libra] task=generate: {cfg.checkpoint} was not trained for text-to-image: no training sample "
-            "of it (or of the checkpoints it started from) asked for an image from a caption, so the image "
-            "will not follow the prompt. Train with text-to-image samples (e.g. data=laion with "
-            "data.train.t2i_prob > 0).",
+            f"[libra] task=generate: {cfg.checkpoint} {NOT_TRAINED_TO_DRAW}. Train with text-to-image "
+            "samples (e.g. data=laion with data.train.t2i_prob > 0).",
             flush=True,
         )
     sample = CaptionSample(image=None, caption=cfg.prompt, key="generate", task="t2i")

@@ -14,7 +14,14 @@ import os
 
 from omegaconf import DictConfig
 
-from libra.pretrained import default_device, load_pretrained
+from libra.pretrained import (
+    NOT_TRAINED_TO_DRAW,
+    default_device,
+    load_pretrained,
+    read_training_record,
+    resolve_pretrained,
+    trained_for_text_to_image,
+)
 from libra.tokenizer.image_processing import ImageError, ImageTooLarge, open_image
 
 from .batching import BatchingEngine, Delta, Failed, RequestError, Sampling
@@ -29,9 +36,11 @@ def demo(cfg: DictConfig) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home from a lab machine
     check_port_free(cfg.serve.host, cfg.serve.port)  # before the model loads, not after
     device = default_device()
-    model, processor = load_pretrained(cfg.checkpoint, device)
+    resolved = resolve_pretrained(cfg.checkpoint)  # once: the weights and their record are one checkpoint
+    model, processor = load_pretrained(resolved, device)
     engine = BatchingEngine(model, processor, cfg.serve.max_batch_size, cfg.serve.batch_window_ms / 1000)
-    app = build_demo(engine, cfg.max_new_tokens, cfg.temperature)
+    drawing_trained = trained_for_text_to_image(read_training_record(resolved))
+    app = build_demo(engine, cfg.max_new_tokens, cfg.temperature, drawing_trained)
     print(f"[demo] web app on http://{cfg.serve.host}:{cfg.serve.port}", flush=True)
     engine.start()
     try:
@@ -40,8 +49,11 @@ def demo(cfg: DictConfig) -> None:
         engine.stop()
 
 
-def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
-    """The Gradio Blocks app; ``engine`` must be started before it gets requests."""
+def build_demo(
+    engine: BatchingEngine, max_new_tokens: int, temperature: float, drawing_trained: bool | None = None
+):
+    """The Gradio Blocks app; ``engine`` must be started before it gets requests. ``drawing_trained``:
+    whether the checkpoint's training had text-to-image samples (False puts a note on that tab)."""
     import gradio as gr
 
     def read_upload(payload):
@@ -151,6 +163,8 @@ def build_demo(engine: BatchingEngine, max_new_tokens: int, temperature: float):
             for reset in (clear.click, chatbot.clear):
                 reset(lambda: ([], "", None, [], []), None, outputs, cancels=answers)
         with gr.Tab("Text to image"):
+            if drawing_trained is False:  # as task=generate says it (libra/inference/generate.py)
+                gr.Markdown(f"This checkpoint {NOT_TRAINED_TO_DRAW}.", elem_id="t2i-untrained")
             prompt = gr.Textbox(label="Description", placeholder="a red bus", elem_id="t2i-prompt")
             with gr.Row():
                 draw_temperature = gr.Slider(

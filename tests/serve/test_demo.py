@@ -135,6 +135,17 @@ def test_demo_questions_and_drawings_of_several_people_reach_the_engine_together
     assert sorted(names[i] for i in decoding) == ["draw", "draw", "respond", "respond"]  # click + Enter
     assert all(app.fns[i].concurrency_limit is None for i in decoding)
     assert _component(app, "t2i-image").format == "png"  # not Gradio's lossy WebP
+    assert not [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "t2i-untrained"]
+
+
+def test_demo_says_when_its_checkpoint_never_learnt_to_draw(tiny_export):
+    from libra.pretrained import load_pretrained
+    from libra.serve.batching import BatchingEngine
+    from libra.serve.demo import build_demo
+
+    model, processor = load_pretrained(tiny_export, "cpu")
+    app = build_demo(BatchingEngine(model, processor), 6, 0.0, drawing_trained=False)
+    assert "was not trained for text-to-image" in _component(app, "t2i-untrained").value
 
 
 def test_demo_refuses_what_it_cannot_draw_or_answer_with_advice_for_the_page(tiny_export, tmp_path):
