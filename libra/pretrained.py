@@ -399,17 +399,18 @@ def deepspeed_module_state(step_dir: Path) -> dict[str, torch.Tensor]:
         return get_fp32_state_dict_from_zero_checkpoint(str(step_dir.parent), tag=step_dir.name)
 
 
-def save_model_files(config, processor: LibraProcessor, run_dir: str | Path) -> Path:
-    """Write ``<run dir>/model_files`` (config.json + processor files) once; rank 0 calls it when
-    training starts. A resumed run finds it in place and leaves it."""
+def save_model_files(config, processor: LibraProcessor, run_dir: str | Path, replace: bool = False) -> Path:
+    """Write ``<run dir>/model_files`` (config.json + processor files); rank 0 calls it when training
+    starts. A complete folder is left as it is unless ``replace`` (no checkpoint relies on it)."""
     import shutil
 
     folder = Path(run_dir) / MODEL_FILES
-    if (folder / "config.json").is_file():
+    if (folder / "config.json").is_file() and not replace:
         return folder
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     processor.save_pretrained(tmp)
     config.save_pretrained(tmp)  # config.json last: its presence marks the folder complete
+    shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

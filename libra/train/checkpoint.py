@@ -172,6 +172,9 @@ def save_checkpoint(
             step=state.step,
             world_size=distributed.world_size(),
             zero_stage=engine.zero_optimization_stage(),  # compared on resume (_set_up_problems)
+            precision=_precision(engine),
+            trainable_parameters=_trainable_parameters(engine),
+            optimizer=_optimizer_settings(engine),
             bad_streak=state.bad_streak,
             adapters_only=finetune.adapters_only,  # read by libra/pretrained.py: not a model on its own
             finetune=finetune.record(),
@@ -200,12 +203,73 @@ def prune(run_dir: str | Path, keep_last: int) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _precision(engine) -> str:
+    return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
+
+
+def _trainable_parameters(engine) -> int:
+    return sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
+
+
+def _optimizer_settings(engine) -> list[dict]:
+    """Per parameter group: its peak lr (the schedule scales the lr from it) and AdamW's settings."""
+    return [
+        {
+            "lr": group.get("initial_lr", group["lr"]),
+            "weight_decay": group["weight_decay"],
+            "betas": list(group["betas"]),
+            "eps": group["eps"],
+        }
+        for group in engine.optimizer.param_groups
+    ]
+
+
+# the optimizer keys a parameter group's settings come from (group 0 is a vision group: the base lr)
+_OPTIMIZER_KEYS = {
+    "lr": "optimizer.lr",
+    "weight_decay": "optimizer.weight_decay",
+    "betas": "optimizer.betas",
+    "eps": "optimizer.eps",
+}
+
+
+def _optimizer_problems(manifest: dict, engine) -> list[str]:
+    """Loading a checkpoint restores the optimizer it saved, settings included: another lr, weight
+    decay or betas in this run's config would be silently overridden by the saved ones."""
+    problems = []
+    saved_precision = manifest.get("precision")  # these three are absent in older checkpoints
+    if saved_precision is not None and saved_precision != _precision(engine):
+        problems.append(
+            f"it was written with trainer.precision={saved_precision} and this run has {_precision(engine)}; "
+            f"resume with trainer.precision={saved_precision}"
+        )
+    saved_trainable, trainable = manifest.get("trainable_parameters"), _trainable_parameters(engine)
+    if saved_trainable is not None and saved_trainable != trainable:
+        problems.append(
+            f"it trained {saved_trainable:,} parameters and this run trains {trainable:,}; resume with "
+            "the trainer.freeze_language and finetune settings it was written with"
+        )
+    saved, here = manifest.get("optimizer"), _optimizer_settings(engine)
+    if saved is None or problems or len(saved) != len(here) or saved == here:
+        return problems
+    differ = []
+    for field, key in _OPTIMIZER_KEYS.items():
+        pair = next(((a[field], b[field]) for a, b in zip(saved, here) if a[field] != b[field]), None)
+        if pair is not None:
+            differ.append(f"{key}: {pair[0]} there, {pair[1]} here")
+    problems.append(
+        f"its optimizer state holds other settings ({'; '.join(differ)}; optimizer.llm_lr_scale scales the "
+        "language groups' lr), which loading it would put back over this run's; resume with them"
+    )
+    return problems
+
+
 def _set_up_problems(manifest: dict, engine, checkpoint: Path) -> list[str]:
     """Why the run that wrote `manifest` and this one cannot share a checkpoint; empty when they can.
 
     Each rank's data position is its share of the rank-split order, and ZeRO shards the optimizer
     by rank and stage: another world size would skip or repeat samples, another stage fails deep in
-    DeepSpeed (a missing or unexpected optimizer file)."""
+    DeepSpeed (a missing or unexpected optimizer file), as another precision or trainable set does."""
     problems = []
     saved_world_size = manifest.get("world_size")
     if saved_world_size is not None and saved_world_size != distributed.world_size():
@@ -219,6 +283,7 @@ def _set_up_problems(manifest: dict, engine, checkpoint: Path) -> list[str]:
             f"it was written with ZeRO stage {saved_stage} and this run has deepspeed.stage="
             f"{engine.zero_optimization_stage()}; resume with a deepspeed= choice of stage {saved_stage}"
         )
+    problems += _optimizer_problems(manifest, engine)
     if problems:
         problems.append(
             "or start a new run from its weights with model=from_pretrained tokenizer=from_pretrained "
@@ -303,6 +368,18 @@ def verify_checkpoint_files(step_dir: str | Path) -> None:
     allow = deepspeed_safe_globals()
     for path in sorted(step_dir.glob("*.pt")):
         safe_torch_load(path, allow=allow, mmap=True)
+
+
+def refuse_a_fresh_run_over_checkpoints(resume: str | None, run_dir: str | Path) -> None:
+    """A fresh run (resume=null) in a run dir that holds checkpoints would write its own among them,
+    and pruning (which keeps the highest steps) would delete the new ones: refused before anything is
+    written."""
+    complete = list_checkpoints(run_dir) if resume is None else []
+    if complete:
+        raise ValueError(
+            f"{run_dir} holds the checkpoints of an earlier run (newest: {complete[-1].name}); fix: "
+            "resume=auto to continue it, or another hydra.run.dir for a new run"
+        )
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:

@@ -47,7 +47,14 @@ from libra.tracking import MetricLogger, build_logger
 from libra.validation import live_benchmark_problems, raise_problems
 
 from .baselines import baseline_table
-from .checkpoint import load_checkpoint, newest_good_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    newest_good_checkpoint,
+    refuse_a_fresh_run_over_checkpoints,
+    resolve_resume,
+    save_checkpoint,
+)
 from .deepspeed_config import deepspeed_config, write_deepspeed_config
 from .export import export_pretrained, export_requested
 from .guard import UpdateGate
@@ -110,6 +117,7 @@ def set_up(cfg: DictConfig) -> TrainRun:
     run_dir = Path(cfg.run_dir)
     rank, world_size = init_process_group()
     run_dir.mkdir(parents=True, exist_ok=True)  # the launcher made it already, unless called directly
+    refuse_a_fresh_run_over_checkpoints(resume_setting(cfg.resume, cfg.cluster.launcher), run_dir)
     finetune = instantiate(cfg.finetune)  # checks its settings before anything is loaded
     processor, model = build_processor_and_model(cfg, run_dir, rank, finetune)
     train_set = instantiate(cfg.data.train)
@@ -159,7 +167,9 @@ def build_processor_and_model(
     model = instantiate(cfg.model)(processor)  # vocabulary and vision shapes come from the processor
     check_model_matches_processor(model.config, processor)
     if rank == 0:  # config + processor next to the checkpoints: each step folder loads on its own
-        save_model_files(model.config, processor, run_dir)
+        # kept for the checkpoints a resumed run continues; rewritten when there are none (those of an
+        # attempt that failed before its first checkpoint may describe another model)
+        save_model_files(model.config, processor, run_dir, replace=not list_checkpoints(run_dir))
     if t.freeze_language:
         freeze_language(model)  # stage 1 (docs/design.md §7.1): only the visual expert and its heads learn
     model = finetune.prepare(model)  # finetune=lora: frozen base + adapters; full: unchanged

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -393,6 +394,52 @@ def test_resume_with_other_model_dimensions_is_refused_naming_them(tmp_path, env
     ) in out
     assert "size mismatch" not in out
     assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        # loading restored the saved optimizer, whose lr silently won over the new one
+        (
+            "optimizer.lr=1e-05",
+            r"its optimizer state holds other settings \(optimizer.lr: \S+ there, 1e-05 here",
+        ),
+        # these failed deep in DeepSpeed (KeyError: 'dynamic_loss_scale') and torch (parameter groups)
+        ("trainer.precision=bf16", "it was written with trainer.precision=fp32 and this run has bf16"),
+        ("trainer.freeze_language=true", r"it trained [\d,]+ parameters and this run trains [\d,]+"),
+    ],
+)
+def test_resume_with_other_optimizer_settings_is_refused_naming_them(
+    tmp_path, env, three_steps, change, said
+):
+    run_dir = tmp_path / "run"
+    shutil.copytree(three_steps, run_dir)
+    code, out = run([*TINY, "resume=auto", "trainer.max_steps=4", change], run_dir, env)
+    assert code != 0 and re.search(said, out), out[-3000:]
+    assert sorted(train_rows(run_dir)) == [1, 2, 3]  # nothing trained
+
+
+def test_a_fresh_run_into_a_run_dir_with_checkpoints_is_refused(tmp_path, env, three_steps):
+    """Without resume=, its checkpoints mixed with the earlier run's and pruning (highest steps kept)
+    deleted the new ones; its metrics.jsonl was cut back to step 0."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(three_steps, run_dir)
+    code, out = run([*TINY, "trainer.max_steps=2", "trainer.keep_last=1"], run_dir, env)
+    assert code != 0
+    assert "holds the checkpoints of an earlier run (newest: step_000003); fix: resume=auto" in out
+    assert sorted(train_rows(run_dir)) == [1, 2, 3]
+    assert [c.name for c in list_checkpoints(run_dir)] == ["step_000001", "step_000002", "step_000003"]
+
+
+def test_model_files_of_an_attempt_that_failed_before_its_first_checkpoint_are_replaced(tmp_path, env):
+    run_dir = tmp_path / "run"
+    code, _ = run([*TINY, "trainer.max_steps=1", "data.train.split=trian"], run_dir, env)  # fails early
+    assert code != 0 and (run_dir / "model_files" / "config.json").is_file()
+    code, out = run(
+        [*TINY, "model.hidden_size=64", "trainer.max_steps=1", "trainer.checkpoint_every=1"], run_dir, env
+    )
+    assert code == 0, out[-3000:]
+    assert json.loads((run_dir / "model_files" / "config.json").read_text())["hidden_size"] == 64
 
 
 def test_resume_past_max_steps_is_refused(tmp_path, env, three_steps):
