@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from libra import config_schema  # also registers the schemas that conf/ extends
 
@@ -901,6 +901,37 @@ def _rule_lora_freezes_the_base(cfg: DictConfig) -> list[Problem]:
     ]
 
 
+def _rule_model_config(cfg: DictConfig) -> list[Problem]:
+    """LibraConfig's own checks (the heads divide the width, the head dim is even, ...) on the model
+    keys a run sets: a sweep point that fails them failed when its job built the model, after the jobs
+    before it had trained. The shapes the tokenizer gives are not known here: their defaults stand in."""
+    model = cfg.get("model")
+    if cfg.task != "train" or not isinstance(model, DictConfig):
+        return []
+    from dataclasses import fields as config_fields
+
+    from huggingface_hub.errors import StrictDataclassError
+
+    from libra.model.config import LibraConfig
+
+    known = {f.name for f in config_fields(LibraConfig)}
+    values = {}
+    for key in (k for k in model if k in known):  # each alone: model.folder may interpolate a ???
+        try:
+            value = _get(cfg, f"model.{key}")
+        except OmegaConfBaseException:  # a broken interpolation: reported by its own check
+            continue
+        if value not in (_ABSENT, _MISSING):
+            values[key] = value
+    try:
+        LibraConfig(**values)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        said = " ".join(str(err).removeprefix("LibraConfig: ").split())
+        keys = " ".join(f"model.{key}" for key in values if key in str(err)) or "the model.* keys"
+        return [Problem("model", said, f"change {keys} (the checks: libra/model/config.py)")]
+    return []
+
+
 RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_batch_divisible,
     _rule_offload,
@@ -911,6 +942,7 @@ RULES: list[Callable[[DictConfig], list[Problem]]] = [
     _rule_precision,
     _rule_checkpoint_shapes,
     _rule_lora_freezes_the_base,
+    _rule_model_config,
 ]
 
 

@@ -358,3 +358,23 @@ def test_an_objective_no_benchmark_of_the_run_writes_is_refused(overrides, messa
     assert message in _problems(compose_config(overrides))
     validate(compose_config(["sweep=lr_optuna"]))
     validate(compose_config(["objective=benchmark/synthetic_vqa/accuracy"]))
+
+
+@pytest.mark.parametrize(
+    "model, said",
+    [
+        (
+            {"hidden_size": 33, "num_attention_heads": 4},
+            "model: hidden_size 33 is not divisible by num_attention_heads 4",
+        ),
+        (
+            {"hidden_size": 36, "num_attention_heads": 12},
+            "model: the head dim (hidden_size / num_attention_heads)",
+        ),
+    ],
+)
+def test_model_values_the_model_config_refuses_are_refused_before_launch(model, said):
+    """A sweep over model.hidden_size=32,33 trained its first job, then failed building the second."""
+    msg = _problems(_cfg(**{f"model__{k}": v for k, v in model.items()}))
+    assert said in msg and "fix: change model.hidden_size model.num_attention_heads" in msg
+    validate(_cfg(model__hidden_size=64))
