@@ -173,7 +173,6 @@ def save_checkpoint(
             world_size=distributed.world_size(),
             zero_stage=engine.zero_optimization_stage(),  # compared on resume (_set_up_problems)
             precision=_precision(engine),
-            trainable_parameters=_trainable_parameters(engine),
             optimizer=_optimizer_settings(engine),
             bad_streak=state.bad_streak,
             adapters_only=finetune.adapters_only,  # read by libra/pretrained.py: not a model on its own
@@ -207,10 +206,6 @@ def _precision(engine) -> str:
     return "bf16" if engine.bfloat16_enabled() else "fp16" if engine.fp16_enabled() else "fp32"
 
 
-def _trainable_parameters(engine) -> int:
-    return sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
-
-
 def _optimizer_settings(engine) -> list[dict]:
     """Per parameter group: its peak lr (the schedule scales the lr from it) and AdamW's settings."""
     return [
@@ -237,20 +232,20 @@ def _optimizer_problems(manifest: dict, engine) -> list[str]:
     """Loading a checkpoint restores the optimizer it saved, settings included: another lr, weight
     decay or betas in this run's config would be silently overridden by the saved ones."""
     problems = []
-    saved_precision = manifest.get("precision")  # these three are absent in older checkpoints
+    saved_precision = manifest.get("precision")  # both are absent in older checkpoints
     if saved_precision is not None and saved_precision != _precision(engine):
         problems.append(
             f"it was written with trainer.precision={saved_precision} and this run has {_precision(engine)}; "
             f"resume with trainer.precision={saved_precision}"
         )
-    saved_trainable, trainable = manifest.get("trainable_parameters"), _trainable_parameters(engine)
-    if saved_trainable is not None and saved_trainable != trainable:
-        problems.append(
-            f"it trained {saved_trainable:,} parameters and this run trains {trainable:,}; resume with "
-            "the trainer.freeze_language and finetune settings it was written with"
-        )
     saved, here = manifest.get("optimizer"), _optimizer_settings(engine)
-    if saved is None or problems or len(saved) != len(here) or saved == here:
+    if saved is not None and len(saved) != len(here):  # the groups follow what trains
+        problems.append(
+            f"its optimizer has {len(saved)} parameter groups and this run's {len(here)}: another set of "
+            "parameters trains; resume with the trainer.freeze_language and finetune settings it was "
+            "written with"
+        )
+    if saved is None or problems or saved == here:
         return problems
     differ = []
     for field, key in _OPTIMIZER_KEYS.items():

@@ -117,7 +117,9 @@ def set_up(cfg: DictConfig) -> TrainRun:
     run_dir = Path(cfg.run_dir)
     rank, world_size = init_process_group()
     run_dir.mkdir(parents=True, exist_ok=True)  # the launcher made it already, unless called directly
-    refuse_a_fresh_run_over_checkpoints(resume_setting(cfg.resume, cfg.cluster.launcher), run_dir)
+    refuse_a_fresh_run_over_checkpoints(
+        resume_setting(cfg.resume, OmegaConf.select(cfg, "cluster.launcher")), run_dir
+    )
     finetune = instantiate(cfg.finetune)  # checks its settings before anything is loaded
     processor, model = build_processor_and_model(cfg, run_dir, rank, finetune)
     train_set = instantiate(cfg.data.train)
